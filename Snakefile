@@ -1,0 +1,24 @@
+# modgap: the speech-text modality gap of speech LLMs, from benchmark to figures.
+# Stages live in rules/*.smk; all logic lives in the modgap package; scripts/ are thin entry points.
+import sys
+
+from modgap.config import ConfigError, validate_config
+
+
+configfile: "config.yaml"
+
+
+try:
+    config = validate_config(config, root=workflow.basedir)
+except ConfigError as error:
+    sys.exit(f"modgap: {error}")
+
+
+include: "rules/common.smk"
+include: "rules/corpus.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        corpus_targets(),

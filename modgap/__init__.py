@@ -1,0 +1,1 @@
+"""modgap: the speech-text modality gap of speech LLMs, measured and dissected."""

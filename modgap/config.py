@@ -1,0 +1,76 @@
+"""Config validation against workflow/schemas/config.schema.yaml, with defaults and one-line errors."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+from jsonschema.exceptions import best_match
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+FILE_SOURCES = {"jsonl", "voicebench", "speechmmlu"}
+NATIVE_SOURCES = {"voicebench", "speechmmlu"}
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key."""
+
+
+def _with_defaults(cls):
+    """A validator class that fills each property's schema `default` before validating it."""
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": properties})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"config key {_key([*error.absolute_path, extra[0]])}: unknown key{hint}"
+    return f"config key {_key(error.absolute_path)}: {error.message}"
+
+
+def validate_config(config: dict, root: str | Path = ".") -> dict:
+    """Return a validated deep copy of `config` with every default filled in.
+
+    Raises ConfigError with a one-line message naming the offending key.
+    """
+    cfg = copy.deepcopy(config)
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    error = best_match(_Validator(schema).iter_errors(cfg))
+    if error is not None:
+        raise ConfigError(_message(error))
+    for name, spec in cfg["datasets"].items():
+        _check_dataset(name, spec, Path(root))
+    return cfg
+
+
+def _check_dataset(name: str, spec: dict, root: Path) -> None:
+    key = f"datasets.{name}"
+    spec.setdefault("audio", "native" if spec["source"] in NATIVE_SOURCES else "tts")
+    if spec["source"] in FILE_SOURCES:
+        if "path" not in spec:
+            raise ConfigError(f"config key {key}.path: required for source {spec['source']!r}")
+        if not (root / spec["path"]).is_file():
+            raise ConfigError(f"config key {key}.path: file not found: {spec['path']}")
+        if spec["splits"] != ["test"]:
+            raise ConfigError(f"config key {key}.splits: source {spec['source']!r} has only the 'test' split")
+    elif "path" in spec:
+        raise ConfigError(f"config key {key}.path: not used by source 'lab'")

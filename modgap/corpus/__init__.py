@@ -1,0 +1,1 @@
+"""Corpus stage: benchmark items -> TTS speech with word timings -> forced alignment."""

@@ -1,0 +1,266 @@
+"""Corpus stage drivers: items -> speech with TTS timings -> forced alignment -> summary.
+
+Each driver reads and writes files only; the TTS, aligner and loaders do the work. Every table is
+written to a temporary name and renamed, so an interrupted job never leaves a complete-looking file.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import soxr
+from tqdm import tqdm
+
+from modgap.corpus.align import AlignmentError, PocketsphinxAligner
+from modgap.corpus.asr import make_recognizer, word_error_rate
+from modgap.corpus.datasets import load_items
+from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
+from modgap.corpus.timing import WordTiming
+from modgap.corpus.tts import EspeakTTS, TTSError
+
+SAMPLE_RATE = 16000
+NATIVE_VOICE = "native"
+
+
+def atomic_path(path: str | Path) -> Path:
+    """A sibling temporary path; rename it onto `path` when the write is complete."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a table atomically (temporary file, then rename)."""
+    tmp = atomic_path(path)
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def write_split(name: str, spec: dict, split: str, out_jsonl: str | Path, root: str | Path = ".") -> int:
+    """Load dataset `name` and write one split as item JSONL; returns the item count."""
+    items = load_items(name, spec, root)[split]
+    tmp = atomic_path(out_jsonl)
+    write_jsonl(items, tmp)
+    tmp.replace(out_jsonl)
+    return len(items)
+
+
+# ---------------------------------------------------------------- speech (TTS or native recordings)
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """How one output set is voiced: an espeak voice, or the dataset's own recordings."""
+
+    voice: str
+    rate: int
+    pitch: int
+
+    @property
+    def native(self) -> bool:
+        return self.voice == NATIVE_VOICE
+
+
+_tts: dict[VoiceSpec, EspeakTTS] = {}
+
+
+def _speak_one(job: tuple[Item, str, VoiceSpec, str]) -> dict:
+    """Voice one item into `audio_path`; returns its speech-table row."""
+    item, text, voice, audio_path = job
+    row = {"status": "ok", "reason": "", "tts_start_ms": None, "tts_end_ms": None}
+    if voice.native:
+        audio, sr = sf.read(item.audio, dtype="float32", always_2d=True)
+        audio = audio.mean(axis=1)
+        if sr != SAMPLE_RATE:
+            audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
+    else:
+        if voice not in _tts:
+            _tts[voice] = EspeakTTS(voice.voice, voice.rate, voice.pitch)
+        try:
+            speech = _tts[voice].synthesize(text)
+        except TTSError as e:
+            return {**row, "status": "tts_failed", "reason": str(e), "duration_ms": 0.0, "audio": ""}
+        audio = speech.audio
+        row["tts_start_ms"] = [w.start_ms for w in speech.words]
+        row["tts_end_ms"] = [w.end_ms for w in speech.words]
+    sf.write(audio_path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return {**row, "duration_ms": 1000.0 * len(audio) / SAMPLE_RATE, "audio": audio_path}
+
+
+def synthesize_split(
+    items_jsonl: str | Path,
+    style: str,
+    voice: VoiceSpec,
+    out_table: str | Path,
+    audio_dir: str | Path,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Voice every item of a split; writes FLAC files under `audio_dir` and the speech table.
+
+    Columns: item fields, style, text (exactly what is spoken and read), words, audio, duration_ms,
+    voice, rate, pitch, tts_start_ms/tts_end_ms (per word; None for native recordings), status, reason.
+    """
+    items = read_jsonl(items_jsonl)
+    audio_dir = Path(audio_dir)
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    texts = [spoken_text(it, style) for it in items]
+    jobs = [(it, tx, voice, str(audio_dir / f"{it.id}.flac")) for it, tx in zip(items, texts)]
+    rows = _map(_speak_one, jobs, workers, f"speak {voice.voice}")
+    df = pd.DataFrame(
+        {
+            "id": [it.id for it in items],
+            "subject": [it.subject for it in items],
+            "question": [it.question for it in items],
+            "choices": [it.choices for it in items],
+            "answer": [it.answer for it in items],
+            "style": style,
+            "text": texts,
+            "words": [words_of(t) for t in texts],
+            "voice": voice.voice,
+            "rate": voice.rate if not voice.native else None,
+            "pitch": voice.pitch if not voice.native else None,
+        }
+    )
+    df = pd.concat([df, pd.DataFrame(rows)], axis=1)
+    write_parquet(df, out_table)
+    return df
+
+
+# ---------------------------------------------------------------- forced alignment
+
+
+@dataclass(frozen=True)
+class AlignSpec:
+    """Aligner beams and the optional ASR gate."""
+
+    beam: float = 1e-200
+    wbeam: float = 1e-200
+    pbeam: float = 1e-200
+    asr_engine: str | None = None
+    max_wer: float = 0.5
+
+
+_aligner: PocketsphinxAligner | None = None
+_recognizer = None
+
+
+def _init_align_worker(spec: AlignSpec) -> None:
+    global _aligner, _recognizer
+    _aligner = PocketsphinxAligner(spec.beam, spec.wbeam, spec.pbeam)
+    _recognizer = make_recognizer(spec.asr_engine) if spec.asr_engine else None
+
+
+def _align_one(job: tuple[str, list[str], str, float]) -> dict:
+    """Align one recording; returns aligner timings plus status/reason."""
+    audio_path, words, text, max_wer = job
+    row = {"align_start_ms": None, "align_end_ms": None, "status": "ok", "reason": ""}
+    oov = _aligner.oov(words)
+    if oov:
+        return {**row, "status": "oov", "reason": "out-of-vocabulary: " + " ".join(oov)}
+    audio, _ = sf.read(audio_path, dtype="float32")
+    try:
+        spans: list[WordTiming] = _aligner.align(audio, words)
+    except AlignmentError as e:
+        return {**row, "status": "align_failed", "reason": str(e)}
+    row["align_start_ms"] = [w.start_ms for w in spans]
+    row["align_end_ms"] = [w.end_ms for w in spans]
+    if _recognizer is not None:
+        wer = word_error_rate(text, _recognizer.transcribe(audio))
+        if wer > max_wer:
+            return {**row, "status": "asr_gate", "reason": f"WER {wer:.2f} > {max_wer}"}
+    return row
+
+
+def align_split(
+    speech_table: str | Path, spec: AlignSpec, out_table: str | Path, workers: int = 1
+) -> pd.DataFrame:
+    """Force-align every voiced item; writes the final items table of the split and voice.
+
+    Adds align_start_ms/align_end_ms and start_ms/end_ms: the timings downstream stages use
+    (TTS where the audio was synthesized, the aligner for native recordings). `status` != "ok"
+    marks an excluded item, with its `reason`; such items are kept in the table, never dropped.
+    """
+    df = pd.read_parquet(speech_table)
+    todo = df.index[df["status"] == "ok"]
+    _init = (_init_align_worker, (spec,))
+    jobs = [(df.at[i, "audio"], list(df.at[i, "words"]), df.at[i, "text"], spec.max_wer) for i in todo]
+    rows = _map(_align_one, jobs, workers, "align", initializer=_init)
+    out = pd.DataFrame(rows, index=todo).reindex(df.index)
+    df["align_start_ms"] = out["align_start_ms"]
+    df["align_end_ms"] = out["align_end_ms"]
+    aligned = out["status"].notna()
+    df.loc[aligned, "status"] = out.loc[aligned, "status"]
+    df.loc[aligned, "reason"] = out.loc[aligned, "reason"]
+    use_tts = df["tts_start_ms"].notna()
+    df["start_ms"] = df["tts_start_ms"].where(use_tts, df["align_start_ms"])
+    df["end_ms"] = df["tts_end_ms"].where(use_tts, df["align_end_ms"])
+    write_parquet(df, out_table)
+    return df
+
+
+def _map(fn, jobs: list, workers: int, desc: str, initializer=None) -> list:
+    """Ordered map with a progress bar, in a process pool when workers > 1."""
+    init, args = initializer or (None, ())
+    if workers <= 1 or len(jobs) < 2:
+        if init:
+            init(*args)
+        return [fn(j) for j in tqdm(jobs, desc=desc, mininterval=2)]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers, initializer=init, initargs=args) as pool:
+        return list(tqdm(pool.imap(fn, jobs, chunksize=8), total=len(jobs), desc=desc, mininterval=2))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def agreement_ms(df: pd.DataFrame) -> np.ndarray:
+    """|TTS word start - aligner word start| in ms over all words of aligned, synthesized items."""
+    both = df["tts_start_ms"].notna() & df["align_start_ms"].notna()
+    if not both.any():
+        return np.zeros(0)
+    tts = np.concatenate([np.asarray(v, float) for v in df.loc[both, "tts_start_ms"]])
+    ali = np.concatenate([np.asarray(v, float) for v in df.loc[both, "align_start_ms"]])
+    return np.abs(tts - ali)
+
+
+def summarize_split(df: pd.DataFrame, tolerance_ms: float) -> dict:
+    """Counts, exclusions by reason, audio hours and TTS-vs-aligner agreement for one table."""
+    diff = agreement_ms(df)
+    agree = None
+    if diff.size:
+        agree = {
+            "words": int(diff.size),
+            "median_ms": float(np.median(diff)),
+            "p90_ms": float(np.percentile(diff, 90)),
+            "max_ms": float(diff.max()),
+            f"within_{tolerance_ms:g}ms": float(np.mean(diff <= tolerance_ms)),
+        }
+    return {
+        "items": int(len(df)),
+        "ok": int((df["status"] == "ok").sum()),
+        "excluded": {k: int(v) for k, v in df.loc[df["status"] != "ok", "status"].value_counts().items()},
+        "audio_s": float(df["duration_ms"].sum() / 1000.0),
+        "agreement": agree,
+    }
+
+
+def write_summary(tables: dict[str, str], out_json: str | Path, out_md: str | Path, tolerance_ms: float) -> dict:
+    """Summarise every `split/voice` table of a dataset as JSON and a Markdown table."""
+    summary = {key: summarize_split(pd.read_parquet(path), tolerance_ms) for key, path in tables.items()}
+    Path(out_json).write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [
+        "| split/voice | items | ok | excluded | audio (s) | agreement median / p90 / max (ms) | within tol. |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, s in summary.items():
+        excl = ", ".join(f"{k}: {v}" for k, v in s["excluded"].items()) or "0"
+        a = s["agreement"]
+        agree = f"{a['median_ms']:.0f} / {a['p90_ms']:.0f} / {a['max_ms']:.0f}" if a else "n/a (no TTS timings)"
+        within = f"{a[f'within_{tolerance_ms:g}ms']:.1%}" if a else "n/a"
+        lines.append(f"| {key} | {s['items']} | {s['ok']} | {excl} | {s['audio_s']:.0f} | {agree} | {within} |")
+    Path(out_md).write_text("\n".join(lines) + "\n")
+    return summary
