@@ -9,7 +9,7 @@ configfile: "config.yaml"
 
 
 try:
-    config = validate_config(config, root=workflow.basedir)
+    config = validate_config(config)
 except ConfigError as error:
     sys.exit(f"modgap: {error}")
 

@@ -11,7 +11,6 @@ rule corpus_items:
         f"{CORPUS}/items.jsonl",
     params:
         spec=lambda wc: dataset_spec(wc.dataset),
-        root=workflow.basedir,
     log:
         f"{LOGS}/corpus_items/{{dataset}}/{{split}}.log",
     benchmark:

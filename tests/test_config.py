@@ -1,0 +1,47 @@
+"""Config validation: defaults are filled, and every bad value fails with one line naming its key."""
+import pytest
+
+from modgap.config import ConfigError, validate_config
+
+LAB = {"lab": {"source": "lab"}}
+
+
+def test_defaults_are_filled_and_input_untouched():
+    raw = {"datasets": {"lab": {"source": "lab", "seed": 3}}}
+    cfg = validate_config(raw)
+    assert raw == {"datasets": {"lab": {"source": "lab", "seed": 3}}}
+    assert cfg["datasets"]["lab"]["seed"] == 3
+    assert cfg["datasets"]["lab"]["style"] == "letter"
+    assert cfg["datasets"]["lab"]["audio"] == "tts"
+    assert cfg["tts"]["rate"] == 175 and cfg["tts"]["voices"]["test"] == ["en-us"]
+    assert cfg["align"]["beam"] == 1e-200 and cfg["align"]["asr_gate"]["engine"] is None
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"datasets": {"lab": {"source": "lab", "seed": "x"}}}, "datasets.lab.seed"),
+        ({"datasets": LAB, "tts": {"ratez": 3}}, "tts.ratez"),
+        ({"datasets": LAB, "tts": {"voices": {"test": []}}}, "tts.voices.test"),
+        ({"datasets": LAB, "tts": {"rate": 10}}, "tts.rate"),
+        ({"datasets": {"lab": {"source": "labx"}}}, "datasets.lab.source"),
+        ({"datasets": {"b": {"source": "jsonl"}}}, "datasets.b.path"),
+        ({"datasets": {"b": {"source": "jsonl", "path": "missing.jsonl"}}}, "datasets.b.path"),
+        ({"datasets": {"lab": {"source": "lab", "path": "x"}}}, "datasets.lab.path"),
+        ({}, "datasets"),
+    ],
+)
+def test_bad_config_names_the_key(config, key, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, root=tmp_path)
+    msg = str(err.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_file_dataset_only_has_test_split(tmp_path):
+    (tmp_path / "b.jsonl").write_text("")
+    spec = {"source": "jsonl", "path": "b.jsonl", "splits": ["train"]}
+    with pytest.raises(ConfigError, match="datasets.b.splits"):
+        validate_config({"datasets": {"b": spec}}, root=tmp_path)
+    spec["splits"] = ["test"]
+    assert validate_config({"datasets": {"b": spec}}, root=tmp_path)["datasets"]["b"]["audio"] == "tts"
