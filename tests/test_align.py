@@ -8,6 +8,7 @@ from modgap.corpus import asr
 from modgap.corpus.align import AlignmentError, PocketsphinxAligner
 from modgap.corpus.items import words_of
 from modgap.corpus.normalize import spoken_words
+from modgap.corpus.timing import WordTiming
 from modgap.corpus.tts import EspeakTTS
 
 
@@ -110,3 +111,19 @@ def test_word_error_rate() -> None:
     assert asr.word_error_rate("one two", "") == 1.0
     with pytest.raises(ValueError):
         asr.word_error_rate("", "one")
+
+
+def test_unaligned_speech_fraction_on_a_constructed_signal():
+    from modgap.corpus.align import unaligned_speech_fraction
+
+    audio = np.zeros(16000, np.float32)  # 1 s: loud 100-300 ms and 500-700 ms, silence elsewhere
+    audio[1600:4800] = 0.5
+    audio[8000:11200] = 0.5
+    assert unaligned_speech_fraction(audio, [WordTiming("a", 100, 300), WordTiming("b", 500, 700)]) == 0.0
+    assert unaligned_speech_fraction(audio, [WordTiming("a", 100, 300)]) == 0.5
+    assert unaligned_speech_fraction(audio, [WordTiming("a", 0, 200)]) == 0.75
+
+
+def test_silent_recording_is_rejected():
+    with pytest.raises(AlignmentError, match="silent"):
+        PocketsphinxAligner().align(np.zeros(16000, np.float32), ["hello", "there"])

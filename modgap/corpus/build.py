@@ -140,6 +140,7 @@ class AlignSpec:
     beam: float = 1e-200
     wbeam: float = 1e-200
     pbeam: float = 1e-200
+    max_unaligned: float = 0.2
     asr_engine: str | None = None
     max_wer: float = 0.5
 
@@ -150,7 +151,7 @@ _recognizer = None
 
 def _init_align_worker(spec: AlignSpec) -> None:
     global _aligner, _recognizer
-    _aligner = PocketsphinxAligner(spec.beam, spec.wbeam, spec.pbeam)
+    _aligner = PocketsphinxAligner(spec.beam, spec.wbeam, spec.pbeam, spec.max_unaligned)
     _recognizer = make_recognizer(spec.asr_engine) if spec.asr_engine else None
 
 
