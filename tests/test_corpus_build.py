@@ -92,3 +92,12 @@ def test_interrupted_write_leaves_no_table(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         synthesize_split(tmp_path / "items.jsonl", "cloze", VoiceSpec("en-us", 175, 50), tmp_path / "s.parquet", tmp_path / "a")
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_unknown_asr_gate_fails_fast_in_a_pool(tmp_path):
+    items = [Item(f"q{k}", "s", "what is two plus three", ["five", "six"], 0) for k in range(3)]
+    write_jsonl(items, tmp_path / "items.jsonl")
+    synthesize_split(tmp_path / "items.jsonl", "cloze", VoiceSpec("en-us", 175, 50), tmp_path / "s.parquet", tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown recognizer 'whisper'"):
+        align_split(tmp_path / "s.parquet", AlignSpec(asr_engine="whisper"), tmp_path / "items.parquet", workers=2)
+    assert not (tmp_path / "items.parquet").exists()

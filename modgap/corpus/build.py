@@ -145,34 +145,40 @@ class AlignSpec:
     max_wer: float = 0.5
 
 
-_aligner: PocketsphinxAligner | None = None
-_recognizer = None
+_workers: dict[AlignSpec, tuple] = {}
 
 
-def _init_align_worker(spec: AlignSpec) -> None:
-    global _aligner, _recognizer
-    _aligner = PocketsphinxAligner(spec.beam, spec.wbeam, spec.pbeam, spec.max_unaligned)
-    _recognizer = make_recognizer(spec.asr_engine) if spec.asr_engine else None
+def _align_tools(spec: AlignSpec) -> tuple:
+    """This process's aligner and optional recogniser, built on first use.
+
+    Built lazily inside the task rather than in a pool initializer: an initializer that raises
+    (say, an unknown recogniser) makes multiprocessing respawn workers forever instead of failing.
+    """
+    if spec not in _workers:
+        recognizer = make_recognizer(spec.asr_engine) if spec.asr_engine else None
+        _workers[spec] = (PocketsphinxAligner(spec.beam, spec.wbeam, spec.pbeam, spec.max_unaligned), recognizer)
+    return _workers[spec]
 
 
-def _align_one(job: tuple[str, list[str], str, float]) -> dict:
+def _align_one(job: tuple[str, list[str], str, AlignSpec]) -> dict:
     """Align one recording; returns aligner timings plus status/reason."""
-    audio_path, words, text, max_wer = job
+    audio_path, words, text, spec = job
+    aligner, recognizer = _align_tools(spec)
     row = {"align_start_ms": None, "align_end_ms": None, "status": "ok", "reason": ""}
-    oov = _aligner.oov(words)
+    oov = aligner.oov(words)
     if oov:
         return {**row, "status": "oov", "reason": "out-of-vocabulary: " + " ".join(oov)}
     audio, _ = sf.read(audio_path, dtype="float32")
     try:
-        spans: list[WordTiming] = _aligner.align(audio, words)
+        spans: list[WordTiming] = aligner.align(audio, words)
     except AlignmentError as e:
         return {**row, "status": "align_failed", "reason": str(e)}
     row["align_start_ms"] = [w.start_ms for w in spans]
     row["align_end_ms"] = [w.end_ms for w in spans]
-    if _recognizer is not None:
-        wer = word_error_rate(text, _recognizer.transcribe(audio))
-        if wer > max_wer:
-            return {**row, "status": "asr_gate", "reason": f"WER {wer:.2f} > {max_wer}"}
+    if recognizer is not None:
+        wer = word_error_rate(text, recognizer.transcribe(audio))
+        if wer > spec.max_wer:
+            return {**row, "status": "asr_gate", "reason": f"WER {wer:.2f} > {spec.max_wer}"}
     return row
 
 
@@ -187,9 +193,8 @@ def align_split(
     """
     df = pd.read_parquet(speech_table)
     todo = df.index[df["status"] == "ok"]
-    _init = (_init_align_worker, (spec,))
-    jobs = [(df.at[i, "audio"], list(df.at[i, "words"]), df.at[i, "text"], spec.max_wer) for i in todo]
-    rows = _map(_align_one, jobs, workers, "align", initializer=_init)
+    jobs = [(df.at[i, "audio"], list(df.at[i, "words"]), df.at[i, "text"], spec) for i in todo]
+    rows = _map(_align_one, jobs, workers, "align")
     out = pd.DataFrame(rows, index=todo).reindex(df.index)
     df["align_start_ms"] = out["align_start_ms"]
     df["align_end_ms"] = out["align_end_ms"]
@@ -203,15 +208,11 @@ def align_split(
     return df
 
 
-def _map(fn, jobs: list, workers: int, desc: str, initializer=None) -> list:
+def _map(fn, jobs: list, workers: int, desc: str) -> list:
     """Ordered map with a progress bar, in a process pool when workers > 1."""
-    init, args = initializer or (None, ())
     if workers <= 1 or len(jobs) < 2:
-        if init:
-            init(*args)
         return [fn(j) for j in tqdm(jobs, desc=desc, mininterval=2)]
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=init, initargs=args) as pool:
+    with mp.get_context("fork").Pool(workers) as pool:
         return list(tqdm(pool.imap(fn, jobs, chunksize=8), total=len(jobs), desc=desc, mininterval=2))
 
 
