@@ -1,0 +1,468 @@
+"""One interface for every speech LLM: S/T inputs with their spans, hidden states, hook points and option scoring.
+
+A family adapter (one module each) only says how to load its preprocessing, turn a 16 kHz waveform into the model's
+audio inputs and how many LLM positions they fill, and how long its audio window is. Everything else is shared here.
+
+Conventions (see METHODS.md): S puts the audio in the user turn, T puts `spoken_text(item, style)` there; both use the
+model's own chat template with the same system prompt, instruction and answer cue. The span is the question content
+only: the audio positions (S) or the transcript tokens (T), as indices into the full input sequence. Hidden state 0 is
+the LLM input embeddings (for S with the projected audio features scattered in), hidden state l is the output of
+decoder block l, exactly as `output_hidden_states=True` returns them (the last one after the final norm).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.cache_utils import Cache
+
+from modgap.corpus.items import LETTERS, Item, Style, spoken_text, words_of
+
+Condition = Literal["S", "T"]
+LongAudio = Literal["reject", "window"]
+Norm = Literal["none", "tokens", "chars"]
+SAMPLE_RATE = 16000
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LONG_AUDIO = ("reject", "window")
+NORMS = ("none", "tokens", "chars")
+_SENTINEL = "\ue000"  # a private-use character: marks where the user content lands in the rendered template
+_AUDIO_REF = "question.wav"  # the audio part's reference; templates only test for its presence
+
+
+class LongAudioError(ValueError):
+    """Audio longer than the model's window with `long_audio="reject"`; the message names the item and duration."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What surrounds the question content, identical in S and T.
+
+    system: a system message (None: whatever the template does without one); instruction: a text part after the
+    question in the user turn (write your own separator, e.g. "\\nAnswer with a letter."); cue: text appended after
+    the template's generation prompt, after which options are scored and generation starts.
+    """
+
+    system: str | None = None
+    instruction: str | None = None
+    cue: str = ""
+
+
+@dataclass
+class AudioInputs:
+    """A waveform prepared for the model: audio kwargs for `model(...)`, placeholder count, content positions.
+
+    n_content <= n_placeholders: positions past n_content hold only padding (Voxtral pads to whole windows).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    n_placeholders: int
+    n_content: int
+
+
+@dataclass
+class Inputs:
+    """One prompt for one item and condition.
+
+    model_inputs: batch-of-one kwargs for `model(**model_inputs)`: input_ids and attention_mask [1, T], plus the
+    audio features for S. span: [n] long, the question content's positions in the T-long sequence. words: [n] index
+    into `words_of(transcript)` of each span position, -1 outside any word (None for S without word timings).
+    """
+
+    item_id: str
+    condition: Condition
+    text: str
+    model_inputs: dict[str, torch.Tensor]
+    span: torch.Tensor
+    words: np.ndarray | None = None
+
+
+@dataclass
+class Prefill:
+    """The prompt after one forward: next-token log-probs [V] (float32), its KV cache, and span hidden states
+    [L+1, n, d] when requested."""
+
+    inputs: Inputs
+    logprobs: torch.Tensor
+    cache: Cache
+    hidden: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.inputs.model_inputs["input_ids"].shape[1])
+
+
+@dataclass
+class Scores:
+    """Per option (choice order): summed log-likelihood, token and character counts, and the prediction under
+    `norm` (argmax of loglik, loglik / tokens or loglik / chars)."""
+
+    logliks: np.ndarray
+    n_tokens: np.ndarray
+    n_chars: np.ndarray
+    norm: Norm
+    pred: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pred = int(np.argmax(normalized(self.logliks, self.n_tokens, self.n_chars, self.norm)))
+
+
+class SpeechLM:
+    """A loaded speech LLM behind one interface. Subclasses set `family`, `model_class` and the audio methods."""
+
+    family: ClassVar[str]
+    model_class: ClassVar[type[PreTrainedModel]]
+    content_as_string: ClassVar[bool] = False  # the template wants a string user turn (audio as its token's text)
+
+    def __init__(
+        self,
+        path: str,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        long_audio: LongAudio,
+        prompt: Prompt,
+    ) -> None:
+        self.path, self.model, self.tokenizer, self.long_audio, self.prompt = path, model, tokenizer, long_audio, prompt
+        self.chat_template = ProcessorMixin.get_processor_dict(path)[0].get("chat_template") or tokenizer.chat_template
+        if not self.chat_template:
+            raise ValueError(f"{self.family}: {path} has no chat template (neither processor nor tokenizer)")
+        self.audio_token_id = int(model.config.audio_token_id)
+        self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
+
+    # --- loading ---------------------------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        dtype: str = "float32",
+        device: str = "auto",
+        attn_implementation: str | None = None,
+        long_audio: LongAudio = "reject",
+        prompt: Prompt = Prompt(),
+    ) -> SpeechLM:
+        """`from_pretrained` the model (eval mode, on `device`; "auto" = cuda if available) and its preprocessing."""
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+        if long_audio not in LONG_AUDIO:
+            raise ValueError(f"unknown long_audio {long_audio!r} (known: {', '.join(LONG_AUDIO)})")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = cls.model_class.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+        return cls(path, model.to(device).eval(), AutoTokenizer.from_pretrained(path), long_audio, prompt)
+
+    # --- family-specific audio geometry ------------------------------------------------------------------------------
+    @property
+    def window_samples(self) -> int | None:
+        """Longest audio (16 kHz samples) the model takes in one window; None: no limit."""
+        raise NotImplementedError
+
+    @property
+    def ms_per_position(self) -> float:
+        """Milliseconds of audio per LLM audio position: position k covers [k, k+1) * ms_per_position."""
+        raise NotImplementedError
+
+    def _audio(self, wave: np.ndarray) -> AudioInputs:
+        """Audio kwargs for the model and position counts of a 16 kHz waveform (already length-checked)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def _condition(self, condition: Condition) -> Iterator[None]:
+        """Model state for a condition (Granite switches its audio LoRA); nothing by default."""
+        yield
+
+    # --- structure and hooks -----------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The LLM's decoder blocks (block l is `layers[l - 1]`)."""
+        return self.model.model.language_model.layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def hook_module(self, layer: int) -> nn.Module:
+        """Where hidden state `layer` can be hooked.
+
+        layer 0: decoder block 1, whose input (`args[0]` of a forward pre-hook) is the merged input embeddings
+        [B, T, d], audio features included; the audio is scattered into the embeddings functionally inside the top
+        model's forward, so no module outputs them. layer l >= 1: decoder block l, whose output is hidden state l
+        (for l = L before the final norm, which `output_hidden_states` applies to the last state).
+        """
+        if not 0 <= layer <= self.n_layers:
+            raise ValueError(f"layer {layer} out of range 0..{self.n_layers}")
+        return self.layers[max(layer - 1, 0)]
+
+    def add_hook(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
+        """Call `fn(h)` on hidden state `layer` ([B, T, d]) in every forward; a returned tensor replaces it.
+
+        Scoring runs the prompt once (`prefill`, full sequence) and then only the option tokens (`option_logliks`,
+        T = option length), so register around `prefill` to edit the prompt only. Remove with `handle.remove()`.
+        """
+        module = self.hook_module(layer)
+        if layer == 0:
+            def pre(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+                new = fn(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+
+            return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+        def post(_module: nn.Module, _args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
+            new = fn(output[0] if isinstance(output, tuple) else output)
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return module.register_forward_hook(post)
+
+    # --- inputs ------------------------------------------------------------------------------------------------------
+    def position_times_ms(self, n_positions: int) -> np.ndarray:
+        """[n, 2] start and end (ms from the first sample) of each audio position."""
+        k = np.arange(n_positions, dtype=np.float64)[:, None]
+        return np.concatenate([k, k + 1], axis=1) * self.ms_per_position
+
+    def text_inputs(self, item: Item, style: Style) -> Inputs:
+        """Condition T: the transcript `spoken_text(item, style)` as the user turn's question content."""
+        transcript = spoken_text(item, style)
+        prefix, suffix = self._split_render({"type": "text", "text": _SENTINEL}, _SENTINEL)
+        text = prefix + transcript + suffix
+        if text != self._render({"type": "text", "text": transcript}):
+            raise ValueError(f"{self.family}: the chat template changes the user text; cannot locate the T span")
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping")[0].numpy() - len(prefix)  # [T, 2], relative to the transcript
+        overlap = np.minimum(offsets[:, 1], len(transcript)) - np.maximum(offsets[:, 0], 0)
+        span = np.flatnonzero(overlap > 0)
+        words = positions_to_words(offsets[span], word_char_spans(transcript))
+        ids = {k: enc[k] for k in ("input_ids", "attention_mask")}
+        return Inputs(item.id, "T", text, ids, torch.from_numpy(span), words)
+
+    def speech_inputs(self, item: Item, wave: np.ndarray, word_spans_ms: np.ndarray | None = None) -> Inputs:
+        """Condition S: the recording of `item` (16 kHz mono float) as the user turn's question content.
+
+        Audio longer than `window_samples` is rejected (LongAudioError) or split into windows whose encoder outputs
+        are concatenated, so the time mapping continues. With `word_spans_ms` [W, 2] the span positions get word
+        indices.
+        """
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1 or wave.size == 0:
+            raise ValueError(f"item {item.id}: expected a non-empty 1-D waveform, got shape {wave.shape}")
+        window = self.window_samples
+        if window is not None and wave.size > window and self.long_audio == "reject":
+            raise LongAudioError(
+                f"item {item.id}: audio is {wave.size / SAMPLE_RATE:.2f} s, longer than the {self.family} window of "
+                f"{window / SAMPLE_RATE:g} s (long_audio='reject'; use 'window' to split it)"
+            )
+        audio = self._audio(wave)
+        if audio.n_content == 0:
+            raise ValueError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
+        prefix, suffix = self._split_render(self._audio_part(), self.audio_token)
+        text = prefix + self.audio_token * audio.n_placeholders + suffix
+        enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        ids = {k: enc[k] for k in ("input_ids", "attention_mask")}
+        where = torch.nonzero(ids["input_ids"][0] == self.audio_token_id)[:, 0]
+        if len(where) != audio.n_placeholders or int(where[-1] - where[0]) + 1 != len(where):
+            raise ValueError(f"{self.family}: {len(where)} audio placeholders after tokenization, expected "
+                             f"{audio.n_placeholders} contiguous ones")
+        span = where[: audio.n_content]
+        words = None if word_spans_ms is None else positions_to_words(self.position_times_ms(len(span)), word_spans_ms)
+        return Inputs(item.id, "S", text, {**ids, **audio.tensors}, span, words)
+
+    def _audio_part(self) -> dict:
+        if self.content_as_string:
+            return {"type": "text", "text": self.audio_token}
+        return {"type": "audio", "audio": _AUDIO_REF}
+
+    def _render(self, question: dict) -> str:
+        """The chat prompt with `question` as the user turn's content (plus the instruction) and the answer cue."""
+        parts = [question] + ([{"type": "text", "text": self.prompt.instruction}] if self.prompt.instruction else [])
+        content = "".join(p["text"] for p in parts) if self.content_as_string else parts
+        messages = [{"role": "system", "content": self.prompt.system}] if self.prompt.system is not None else []
+        messages.append({"role": "user", "content": content})
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
+        return text + self.prompt.cue
+
+    def _split_render(self, question: dict, marker: str) -> tuple[str, str]:
+        """The rendered prompt before and after `marker`, which must occur exactly once."""
+        text = self._render(question)
+        if text.count(marker) != 1:
+            raise ValueError(f"{self.family}: the chat template renders {text.count(marker)} copies of {marker!r}, "
+                             "expected exactly one")
+        prefix, suffix = text.split(marker)
+        return prefix, suffix
+
+    def _windows(self, wave: np.ndarray) -> list[np.ndarray]:
+        """`wave` cut into consecutive windows of `window_samples` (the last one shorter)."""
+        step = self.window_samples or wave.size
+        return [wave[i : i + step] for i in range(0, wave.size, step)]
+
+    # --- forward -----------------------------------------------------------------------------------------------------
+    def _model_inputs(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        """`inputs.model_inputs` on the model's device, floating tensors (audio features) in its dtype."""
+        cast = {"device": self.device, "dtype": self.model.dtype}
+        return {k: v.to(**cast) if v.is_floating_point() else v.to(self.device) for k, v in inputs.model_inputs.items()}
+
+    @torch.no_grad()
+    def prefill(self, inputs: Inputs, hidden: bool = False) -> Prefill:
+        """One forward of the prompt with a KV cache; with `hidden`, also the span hidden states [L+1, n, d]."""
+        with self._condition(inputs.condition):
+            out = self.model(**self._model_inputs(inputs), use_cache=True, output_hidden_states=hidden)
+        states = None
+        if hidden:
+            span = inputs.span.to(self.device)
+            states = torch.stack([h[0, span] for h in out.hidden_states])
+        return Prefill(inputs, torch.log_softmax(out.logits[0, -1].float(), -1), out.past_key_values, states)
+
+    def hidden_states(self, inputs: Inputs) -> torch.Tensor:
+        """[L+1, n, d] hidden states over the span (layer 0 = input embeddings), in the model's dtype and device."""
+        return self.prefill(inputs, hidden=True).hidden
+
+    @torch.no_grad()
+    def option_logliks(self, prefill: Prefill, options: list[list[int]]) -> np.ndarray:
+        """[K] summed log-likelihood of each option's token ids after the prompt.
+
+        The first token is read off the prefill; the rest come from one batched forward of all options over copies of
+        the prompt's KV cache (right-padded, positions continuing after the prompt).
+        """
+        if any(len(o) == 0 for o in options):
+            raise ValueError("an option has no tokens")
+        first = prefill.logprobs[[o[0] for o in options]].double().cpu().numpy()
+        width = max(len(o) for o in options) - 1
+        if width == 0:
+            return first
+        k, p = len(options), prefill.length
+        ids = torch.zeros((k, width), dtype=torch.long)
+        target = torch.zeros((k, width), dtype=torch.long)
+        valid = torch.zeros((k, width), dtype=torch.bool)
+        for r, o in enumerate(options):
+            n = len(o) - 1
+            ids[r, :n], target[r, :n], valid[r, :n] = torch.tensor(o[:-1]), torch.tensor(o[1:]), True
+        mask = torch.cat([torch.ones((k, p), dtype=torch.long), valid.long()], 1)
+        cache = copy.deepcopy(prefill.cache)
+        cache.batch_repeat_interleave(k)
+        with self._condition(prefill.inputs.condition):
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=(p + torch.arange(width)).expand(k, width).to(self.device),
+                past_key_values=cache, use_cache=True,
+            ).logits
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, target.to(self.device)[..., None])[..., 0]
+        return first + (logp * valid.to(self.device)).sum(-1).double().cpu().numpy()
+
+    def score(self, inputs: Inputs, item: Item, style: Style, norm: Norm = "none") -> Scores:
+        """Option log-likelihoods of `item` after the prompt (one prefill, then all options batched)."""
+        return self.score_prefill(self.prefill(inputs), item, style, norm)
+
+    def score_prefill(self, prefill: Prefill, item: Item, style: Style, norm: Norm = "none") -> Scores:
+        """`score` on an existing prefill (e.g. one run with hidden states or under an intervention hook)."""
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
+        texts = option_texts(item, style)
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        logliks = self.option_logliks(prefill, ids)
+        return Scores(logliks, np.array([len(i) for i in ids]), np.array([len(t) for t in texts]), norm)
+
+    @torch.no_grad()
+    def generate(self, inputs: Inputs, max_new_tokens: int = 32) -> str:
+        """Greedy continuation of the prompt, decoded without special tokens."""
+        with self._condition(inputs.condition):
+            out = self.model.generate(**self._model_inputs(inputs), max_new_tokens=max_new_tokens, do_sample=False)
+        return self.tokenizer.decode(out[0, inputs.model_inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# --- pure helpers ---------------------------------------------------------------------------------------------------
+def option_texts(item: Item, style: Style) -> list[str]:
+    """What each option continues the prompt with: its letter (`letter`) or the choice text (`cloze`)."""
+    if style == "letter":
+        return list(LETTERS[: len(item.choices)])
+    if style == "cloze":
+        return [c.strip() for c in item.choices]
+    raise ValueError(f"unknown item style {style!r} (expected 'letter' or 'cloze')")
+
+
+def normalized(logliks: np.ndarray, n_tokens: np.ndarray, n_chars: np.ndarray, norm: Norm) -> np.ndarray:
+    """Option scores under `norm`: summed log-likelihood, or divided by tokens or characters."""
+    return {"none": logliks, "tokens": logliks / n_tokens, "chars": logliks / n_chars}[norm]
+
+
+def positions_to_words(times: np.ndarray, word_spans: np.ndarray) -> np.ndarray:
+    """[n] word index of each interval `times` [n, 2] among `word_spans` [W, 2] (same unit), -1 outside any word.
+
+    An interval belongs to the word it overlaps most, if that overlap is at least half its length (ties: earlier word).
+    """
+    times = np.asarray(times, dtype=np.float64).reshape(-1, 2)
+    spans = np.asarray(word_spans, dtype=np.float64).reshape(-1, 2)
+    if len(spans) == 0:
+        return np.full(len(times), -1)
+    overlap = np.minimum(times[:, None, 1], spans[None, :, 1]) - np.maximum(times[:, None, 0], spans[None, :, 0])
+    best = overlap.argmax(1)
+    most = overlap[np.arange(len(times)), best]
+    return np.where((most > 0) & (2 * most >= times[:, 1] - times[:, 0]), best, -1)
+
+
+def word_char_spans(text: str) -> np.ndarray:
+    """[W, 2] character span of each word of `words_of(text)`."""
+    spans, pos = [], 0
+    for w in words_of(text):
+        start = text.index(w, pos)
+        spans.append((start, start + len(w)))
+        pos = start + len(w)
+    return np.array(spans, dtype=np.int64).reshape(-1, 2)
+
+
+# Ordered answer templates in the spirit of VoiceBench's MCQ extractor: the first that matches wins. Cue words match in
+# any case; a bare letter must be upper case (so the article "a" is not read as option A), except as the whole answer.
+_LETTER_TEMPLATES = (
+    r"(?i:answer\s*(?:is|:))\s*(?i:option\s*)?[(*\"'\s]*({L})\b",
+    r"\(({L})\)",
+    r"^\W*({L}|{l})\W*$",
+    r"^({L})[.,:)]",
+    r"\b(?i:option|choice|choose|select|pick)\s+[(*\"']*({L})\b",
+    r"\b(?i:think|believe|guess|say)\s+(?i:it'?s\s+|it is\s+)?[(*\"']*({L})\b",
+    r"\b({L})\s+is\s+(?i:the\s+)?(?i:correct|right|best)\b",
+)
+
+
+def extract_letter(response: str, n_choices: int) -> int:
+    """Choice index named by a letter in a generated answer, or -1 (unparsed)."""
+    letters = LETTERS[:n_choices]
+    for template in _LETTER_TEMPLATES:
+        m = re.search(template.format(L=f"[{letters}]", l=f"[{letters.lower()}]"), response.strip())
+        if m:
+            return letters.index(m.group(1).upper())
+    return -1
+
+
+def extract_choice(response: str, choices: list[str]) -> int:
+    """Choice whose text occurs first (whole words, any case; the longer one at equal starts), or -1 (unparsed)."""
+    found = []
+    for k, c in enumerate(choices):
+        m = re.search(rf"(?<!\w){re.escape(c.strip())}(?!\w)", response, flags=re.IGNORECASE)
+        if m:
+            found.append((m.start(), -len(c.strip()), k))
+    return min(found)[2] if found else -1
+
+
+def extract_answer(response: str, item: Item, style: Style) -> int:
+    """Deterministic answer extraction from generated text: a letter (`letter`) or a choice text (`cloze`); -1 if
+    nothing matches (recorded as unparsed, never guessed)."""
+    if style == "letter":
+        return extract_letter(response, len(item.choices))
+    return extract_choice(response, item.choices)
+

@@ -1,0 +1,81 @@
+"""Granite-Speech: 80-bin log-mel stacked in frame pairs, a Q-Former projector, 100 ms per audio position.
+
+GraniteSpeechFeatureExtractor needs torchaudio, which is not installed; `log_mel` recomputes its features with
+transformers' numpy audio utilities (torchaudio MelSpectrogram defaults: periodic Hann window of `win_length` centred
+in `n_fft`, centred reflect-padded frames, power spectrum, HTK mel scale without norm), then applies the extractor's own
+post-processing. Positions: the projector turns each block of `window_size` (15) encoder frames (2 mel frames each)
+into `window_size // downsample_rate` (3) queries, i.e. 5 encoder frames = 100 ms per position. The conformer has no
+fixed input length, so there is no window.
+
+Granite-Speech checkpoints carry a LoRA adapter meant only for audio inputs (needs peft): it is switched on for S and
+off for T, like the model's own `generate`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers import GraniteSpeechForConditionalGeneration
+from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+from transformers.feature_extraction_utils import FeatureExtractionMixin
+
+from modgap.models.base import SAMPLE_RATE, AudioInputs, Condition, SpeechLM
+
+
+def log_mel(wave: np.ndarray, config: dict) -> torch.Tensor:
+    """[1, frames // 2, 2 * n_mels] GraniteSpeechFeatureExtractor features of a 16 kHz waveform, without torchaudio."""
+    n_fft, n_mels = config.get("n_fft", 512), config.get("n_mels", 80)
+    power = spectrogram(
+        wave.astype(np.float32),
+        window_function(config.get("win_length", 400), "hann", frame_length=n_fft, periodic=True),
+        frame_length=n_fft, hop_length=config.get("hop_length", 160), power=2.0, center=True, pad_mode="reflect",
+        mel_filters=mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
+            max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm=None, mel_scale="htk",
+        ),
+        mel_floor=1e-10,
+    )  # [n_mels, frames]
+    logmel = torch.from_numpy(np.log10(power).T.astype(np.float32))  # as the extractor: clip at 1e-10, log10
+    logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+    logmel = logmel[: len(logmel) // 2 * 2]  # drop the last frame if odd
+    return logmel.reshape(1, -1, 2 * n_mels)
+
+
+class GraniteSpeech(SpeechLM):
+    family = "granite_speech"
+    model_class = GraniteSpeechForConditionalGeneration
+    content_as_string = True  # Granite's template takes the user turn as a string with "<|audio|>" in it
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.features = FeatureExtractionMixin.get_feature_extractor_dict(self.path)[0]
+        self.hop = self.features.get("hop_length", 160)
+        config = self.model.config
+        if config.has_lora_adapter and not self.model._hf_peft_config_loaded:
+            raise ValueError(f"{self.family}: {self.path} expects a LoRA adapter for audio inputs but none was loaded "
+                             "(is peft installed?)")
+        self.encoder_frames_per_position = config.window_size / (config.window_size // config.downsample_rate)
+
+    @property
+    def window_samples(self) -> None:
+        return None
+
+    @property
+    def ms_per_position(self) -> float:
+        return 1000 * 2 * self.hop / SAMPLE_RATE * self.encoder_frames_per_position
+
+    def _audio(self, wave: np.ndarray) -> AudioInputs:
+        # GraniteSpeechFeatureExtractor._get_num_audio_features: whole projector blocks of window_size encoder frames
+        window = self.model.config.window_size
+        encoder_frames = (wave.size // self.hop + 1) // 2
+        n = math.ceil(encoder_frames / window) * (window // self.model.config.downsample_rate)
+        return AudioInputs({"input_features": log_mel(wave, self.features)}, n, n)
+
+    @contextmanager
+    def _condition(self, condition: Condition) -> Iterator[None]:
+        if self.model._hf_peft_config_loaded:
+            (self.model.enable_adapters if condition == "S" else self.model.disable_adapters)()
+        yield

@@ -1,0 +1,37 @@
+"""Adapter registry: `load_adapter(family, path, ...)` -> SpeechLM."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from modgap.models.base import LongAudio, Prompt, SpeechLM
+from modgap.models.granite_speech import GraniteSpeech
+from modgap.models.qwen2_5_omni import Qwen25Omni
+from modgap.models.qwen2_audio import Qwen2Audio
+from modgap.models.voxtral import Voxtral
+
+FAMILIES: dict[str, type[SpeechLM]] = {c.family: c for c in (Qwen2Audio, Qwen25Omni, Voxtral, GraniteSpeech)}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_adapter(
+    family: str,
+    path: str | Path,
+    dtype: str = "float32",
+    device: str = "auto",
+    attn_implementation: str | None = None,
+    long_audio: LongAudio = "reject",
+    prompt: Prompt = Prompt(),
+) -> SpeechLM:
+    """Load a speech LLM of `family` from a local folder or a hub id (`from_pretrained`; offline needs the cache).
+
+    dtype: float32, bfloat16 or float16; device: cpu, cuda or auto (cuda if available); long_audio: reject or window.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    local = Path(path).expanduser()
+    if not local.exists() and not _HUB_ID.match(str(path)):
+        raise FileNotFoundError(f"{family}: model path {str(path)!r} does not exist (and is not a hub id like "
+                                "'Qwen/Qwen2-Audio-7B-Instruct')")
+    where = str(local) if local.exists() else str(path)
+    return FAMILIES[family].load(where, dtype, device, attn_implementation, long_audio, prompt)
