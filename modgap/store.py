@@ -1,0 +1,429 @@
+"""Hidden-state store: one zarr v3 group per (model, dataset, shard), ragged over items, written in the background.
+
+Layout (cond: each condition the writer is given, S and T by default; shapes in brackets):
+  ids                                       [items] str
+  {cond}/hidden                             [layers, positions, d] float16 | float32 | uint16 bits of bfloat16
+                                            (then the array attribute `dtype_bits: bfloat16`)
+  {cond}/offsets                            [items+1] int64: item i owns positions offsets[i]:offsets[i+1]
+  {cond}/item, seq, word, start_ms, end_ms  [positions] int32: item index, index in the model's full input
+                                            sequence, word index, time span in ms; -1 where none
+  {cond}/pred [items] int16 (-1 unparsed), {cond}/correct [items] int8, {cond}/loglik [items, n_options] float32
+Group attributes: the manifest, `n_done` (items committed) and `complete`. Every chunk ends in a crc32c.
+One job must own the whole group: zarr has no locks, and two writers in one chunk silently lose data.
+"""
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs.numcodecs import BitRound
+from zarr.errors import ZarrUserWarning
+
+POS_FIELDS = ("item", "seq", "word", "start_ms", "end_ms")
+ITEM_FIELDS = ("pred", "correct", "loglik")
+DTYPES = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32),
+          "bfloat16": (np.uint16, torch.bfloat16)}
+CHUNK_BYTES = 2 << 20  # target size of one hidden chunk
+ITEM_CHUNK, POS_CHUNK = 4096, 65536  # chunk lengths of the small per-item and per-position arrays
+_EXP_BITS = {"float16": 5, "float32": 8}
+
+
+class CorruptStoreError(OSError):
+    """A chunk failed its crc32c check (or failed to decode); the message names the store and the array."""
+
+
+def chunk_positions(d: int, dtype: str = "float16", target: int = CHUNK_BYTES) -> int:
+    """Positions P per hidden chunk. A chunk is `[1, P, d]`: one layer, P consecutive positions, ~`target` bytes.
+
+    One layer per chunk, because the analyses read (item, layer) slices: with all L layers in a 2 MiB chunk, P
+    would be ~8 positions at L=33, d=3584, and one layer of one item would decode 33x the bytes it needs. With
+    `[1, P, d]` an item of T positions touches ceil(T/P)+1 chunks per layer (P=292 at d=3584 fp16: <= 4 chunks
+    for 30 s of audio), and all layers of an item touch L times that, wasting only the edges.
+    """
+    return max(1, target // (d * np.dtype(DTYPES[dtype][0]).itemsize))
+
+
+def disk_factor(dtype: str = "float16", bitround_bits: int | None = None) -> float:
+    """Bytes on disk per byte of hidden state. Lossless zstd gains only 1.06-1.26x on activations: plan 1.0.
+    BitRound keeping k mantissa bits leaves about (1 + exponent bits + k) of the word's bits, as measured by
+    bench/store_write.py and tests/test_store.py: fp16 at k=7, 0.80 of the raw bytes (13/16 predicted), k=3, 0.57."""
+    if bitround_bits is None:
+        return 1.0
+    return (1 + _EXP_BITS[dtype] + bitround_bits) / (8 * np.dtype(DTYPES[dtype][0]).itemsize)
+
+
+def estimate_bytes(n_items: int, mean_positions_s: float, mean_positions_t: float, layers: int | Sequence[int],
+                   d: int, dtype: str = "float16", bitround_bits: int | None = None) -> int:
+    """Bytes on disk of one store: hidden states of S and T plus 20 bytes of metadata per position."""
+    n_layers = layers if isinstance(layers, int) else len(layers)
+    per_value = np.dtype(DTYPES[dtype][0]).itemsize * disk_factor(dtype, bitround_bits)
+    positions = n_items * (mean_positions_s + mean_positions_t)
+    return int(positions * (n_layers * d * per_value + 4 * len(POS_FIELDS)) + 64 * n_items)
+
+
+@dataclass
+class CondBatch:
+    """One condition of a batch of B items, positions packed item after item: N = sum(lengths)."""
+
+    hidden: torch.Tensor  # [layers, N, d], any device, any float dtype
+    lengths: Sequence[int]  # [B]
+    seq: Any  # [N] index in the model's full input sequence
+    pred: Any  # [B] predicted option, -1 unparsed
+    correct: Any  # [B] 0/1
+    loglik: Any = None  # [B, k <= n_options] option log-likelihoods
+    word: Any = None  # [N] word index, -1 none
+    start_ms: Any = None  # [N]
+    end_ms: Any = None  # [N]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence zarr's warning that numcodecs codecs (BitRound) are outside the v3 spec."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Numcodecs codecs", ZarrUserWarning)
+        yield
+
+
+def _arrays(g: zarr.Group) -> dict[str, zarr.Array]:
+    with _quiet():
+        return {k: v for k, v in g.members(max_depth=None) if isinstance(v, zarr.Array)}
+
+
+def _np(x: Any, n: int, dtype: type, name: str) -> np.ndarray:
+    """`x` (array-like or tensor; None means all -1) as a numpy array of length `n`."""
+    if x is None:
+        return np.full(n, -1, dtype)
+    a = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(dtype)
+    if len(a) != n:
+        raise ValueError(f"{name}: length {len(a)}, expected {n}")
+    return a
+
+
+def _resize(arr: zarr.Array, axis: int, n: int) -> None:
+    """Set the length along `axis` to `n`; shrinking deletes the chunks that fall outside."""
+    if arr.shape[axis] != n:
+        arr.resize(arr.shape[:axis] + (n,) + arr.shape[axis + 1:])
+
+
+def _put(arr: zarr.Array, start: int, values: np.ndarray, axis: int = 0) -> None:
+    """Write `values` at `start` along `axis`, growing the array a chunk at a time (`_truncate` sets exact sizes)."""
+    end, step = start + values.shape[axis], arr.chunks[axis]
+    if arr.shape[axis] < end:
+        _resize(arr, axis, -(-end // step) * step)
+    arr[(slice(None),) * axis + (slice(start, end),)] = values
+
+
+class StoreWriter:
+    """Write a store at `path` through `<path>.partial/`, renamed to `path` by `close()`.
+
+    A partial store of the same setup (model, config hash, layers, dtype, ...) is resumed, one of another setup
+    is discarded. Resumed, its first `n_done` items are committed, the caller appends from item `n_done` on, and
+    anything written after the last commit is dropped. Hidden states are buffered until they fill whole chunks,
+    so each chunk is written once; an item is committed once its positions are in flushed chunks in every
+    condition. `append` moves tensors to CPU and hands them to one writer thread (a queue of 2 batches); the
+    thread's errors are raised by the next `append`, `flush` or `close`.
+    `zstd_level=None` stores uncompressed (still checksummed): zstd level 1 saves 6-21% of fp16 activations and,
+    on 2 busy cores, costs about a third of the write speed (170 vs 260 MB/s for zarr alone).
+    """
+
+    def __init__(self, path: str | Path, *, model: str, layers: Sequence[int], d: int, n_options: int,
+                 conds: Sequence[str] = ("S", "T"), dtype: str = "float16", bitround_bits: int | None = None,
+                 zstd_level: int | None = 1, config_hash: str = "", extra: dict | None = None,
+                 positions_per_chunk: int | None = None, background: bool = True) -> None:
+        if dtype not in DTYPES or (bitround_bits is not None and (dtype == "bfloat16" or zstd_level is None)):
+            raise ValueError(f"dtype {dtype!r}, bitround_bits {bitround_bits}, zstd_level {zstd_level}: BitRound "
+                             "needs float16 or float32, and zstd to gain anything")
+        self.path, self.partial = Path(path), Path(f"{path}.partial")
+        if self.path.exists():
+            raise FileExistsError(f"{self.path}: a complete store is already there")
+        self.dtype, self.extra, self.conds = dtype, extra or {}, list(conds)
+        self.setup = {"format": "modgap.store/1", "model": model, "config_hash": config_hash,
+                      "layers": [int(x) for x in layers], "d": d, "n_options": n_options, "conds": self.conds,
+                      "dtype": dtype, "bitround_bits": bitround_bits, "zstd_level": zstd_level,
+                      "chunk_positions": positions_per_chunk or chunk_positions(d, dtype)}
+        self._pending: dict[str, list[np.ndarray]] = {c: [] for c in conds}  # hidden [layers, n, d] not flushed
+        self._base = dict.fromkeys(conds, 0)  # hidden positions flushed, a multiple of chunk_positions
+        self._offsets = {c: np.zeros(1, np.int64) for c in conds}  # of every item appended
+        self._rows: list[tuple[list[str], dict[str, dict[str, np.ndarray]]]] = []  # metadata not yet written
+        self._n_rows = 0  # items whose metadata is written
+        self._error: BaseException | None = None
+        try:
+            with _quiet():
+                attrs = dict(zarr.open_group(self.partial, mode="r").attrs)
+        except Exception:  # noqa: BLE001 - nothing there, or a wreck: start over
+            attrs = {}
+        self.n_done = self._resume() if {k: attrs.get(k) for k in self.setup} == self.setup else self._create()
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"store {path}") if background else None
+        if self._thread:
+            self._thread.start()
+
+    def _create(self) -> int:
+        shutil.rmtree(self.partial, ignore_errors=True)
+        L, d, P, k = (self.setup[x] for x in ("layers", "d", "chunk_positions", "n_options"))
+        specs: dict[str, tuple] = {"ids": ((0,), (ITEM_CHUNK,), str, "")}  # name: shape, chunks, dtype, fill
+        for c in self.conds:
+            specs |= {f"{c}/hidden": ((len(L), 0, d), (1, P, d), DTYPES[self.dtype][0], 0),
+                      f"{c}/offsets": ((1,), (ITEM_CHUNK,), np.int64, 0),
+                      **{f"{c}/{f}": ((0,), (POS_CHUNK,), np.int32, -1) for f in POS_FIELDS},
+                      f"{c}/pred": ((0,), (ITEM_CHUNK,), np.int16, -1),
+                      f"{c}/correct": ((0,), (ITEM_CHUNK,), np.int8, -1),
+                      f"{c}/loglik": ((0, k), (ITEM_CHUNK, k), np.float32, np.nan)}
+        self._group = g = zarr.open_group(self.partial, mode="w",
+                                          attributes={**self.setup, "n_done": 0, "complete": False})
+        bits, bf16, level = self.setup["bitround_bits"], self.dtype == "bfloat16", self.setup["zstd_level"]
+        with _quiet():
+            for name, (shape, chunks, dtype, fill) in specs.items():
+                hidden = name.endswith("/hidden")
+                g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                               filters=[BitRound(keepbits=bits)] if hidden and bits is not None else [],
+                               compressors=([] if level is None else [ZstdCodec(level=level)]) + [Crc32cCodec()],
+                               attributes={"dtype_bits": "bfloat16"} if hidden and bf16 else {},
+                               # flat chunk files (c.0.1.0), not a directory per chunk row; no all-fill scan
+                               chunk_key_encoding={"name": "default", "separator": "."},
+                               config={"write_empty_chunks": True})
+        self._arrays = _arrays(g)
+        return 0
+
+    def _resume(self) -> int:
+        """Drop what follows the committed items; reload the head of the last, partly filled hidden chunk."""
+        for stray in self.partial.rglob("*.partial"):  # zarr's atomic-write temp files, left by a kill
+            stray.unlink()
+        self._group = zarr.open_group(self.partial, mode="r+")
+        self._arrays, P = _arrays(self._group), self.setup["chunk_positions"]
+        n = self._n_rows = int(self._group.attrs["n_done"])
+        for c in self.conds:
+            self._offsets[c] = self._arrays[f"{c}/offsets"][: n + 1]
+            end = int(self._offsets[c][-1])
+            self._base[c] = end // P * P
+            self._pending[c] = [self._arrays[f"{c}/hidden"][:, self._base[c]:end]]
+        self._truncate(n)
+        return n
+
+    def _truncate(self, n: int) -> None:
+        """Size every array exactly for `n` items, the hidden states for their flushed positions."""
+        a = self._arrays
+        _resize(a["ids"], 0, n)
+        for c in self.conds:
+            _resize(a[f"{c}/hidden"], 1, self._base[c])
+            _resize(a[f"{c}/offsets"], 0, n + 1)
+            for f in POS_FIELDS:
+                _resize(a[f"{c}/{f}"], 0, int(self._offsets[c][n]))
+            for f in ITEM_FIELDS:
+                _resize(a[f"{c}/{f}"], 0, n)
+
+    def _n(self) -> int:
+        return len(self._offsets[self.conds[0]]) - 1
+
+    def append(self, ids: Sequence[str], batches: dict[str, CondBatch]) -> None:
+        """Queue B items, one `CondBatch` per condition; raises an earlier error of the writer thread."""
+        self._check()
+        job = ([str(i) for i in ids], {c: self._prepare(c, batches[c], len(ids)) for c in self.conds})
+        if self._thread is None:
+            self._write(*job)
+        else:
+            self._queue.put(job)
+
+    def _prepare(self, cond: str, b: CondBatch, B: int) -> dict[str, np.ndarray]:
+        """Validate; move the hidden states to CPU in one block, in the store dtype."""
+        lengths = _np(b.lengths, B, np.int64, f"{cond}.lengths")
+        N, L, d = int(lengths.sum()), len(self.setup["layers"]), self.setup["d"]
+        h = b.hidden.detach()
+        if tuple(h.shape) != (L, N, d):
+            raise ValueError(f"{cond}.hidden: shape {tuple(h.shape)}, expected [layers, N, d] = {(L, N, d)}")
+        if self.dtype == "float16" and h.dtype != torch.float16 and N:
+            lo, hi = torch.aminmax(h)  # one pass, no temporary as large as h
+            if max(-float(lo), float(hi)) > 65504:
+                raise ValueError(f"{cond}.hidden: values beyond the float16 range; store as bfloat16 or float32")
+        h = h.to(DTYPES[self.dtype][1]).to("cpu", copy=True)  # one device->host copy per batch and condition
+        loglik = np.full((B, self.setup["n_options"]), np.nan, np.float32)
+        if b.loglik is not None:
+            ll = _np(b.loglik, B, np.float32, f"{cond}.loglik")
+            loglik[:, : ll.shape[1]] = ll
+        return {"hidden": h.view(torch.int16).numpy().view(np.uint16) if self.dtype == "bfloat16" else h.numpy(),
+                "lengths": lengths, "loglik": loglik, "pred": _np(b.pred, B, np.int16, f"{cond}.pred"),
+                "correct": _np(b.correct, B, np.int8, f"{cond}.correct"),
+                **{f: _np(getattr(b, f), N, np.int32, f"{cond}.{f}") for f in POS_FIELDS[1:]}}
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:  # after an error, keep draining so that `append` never blocks
+                try:
+                    self._write(*job)
+                except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                    self._error = e
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def _write(self, ids: list[str], batches: dict[str, dict[str, np.ndarray]]) -> None:
+        """Buffer a batch, write the hidden states that fill whole chunks, and commit when some did."""
+        n0, flushed = self._n(), False
+        for c, b in batches.items():
+            b["item"] = (n0 + np.repeat(np.arange(len(ids)), b["lengths"])).astype(np.int32)
+            self._offsets[c] = np.concatenate([self._offsets[c], self._offsets[c][-1] + np.cumsum(b["lengths"])])
+            self._pending[c].append(b.pop("hidden"))
+            flushed |= self._flush(c, final=False)
+        self._rows.append((ids, batches))
+        if flushed:
+            self._commit()
+
+    def _flush(self, cond: str, final: bool) -> bool:
+        """Write the buffered positions that fill whole chunks (all of them if `final`); keep the rest."""
+        P = self.setup["chunk_positions"]
+        if not final and sum(x.shape[1] for x in self._pending[cond]) < P:
+            return False
+        buf = np.concatenate(self._pending[cond], axis=1)
+        n = buf.shape[1] if final else buf.shape[1] // P * P
+        _put(self._arrays[f"{cond}/hidden"], self._base[cond], buf[:, :n], axis=1)
+        self._base[cond] += n
+        self._pending[cond] = [buf[:, n:]]
+        return n > 0
+
+    def _commit(self) -> None:
+        """Write the buffered metadata rows (a few writes, however many batches), then record as committed the
+        items whose hidden states all lie in flushed chunks, in every condition."""
+        a, n0 = self._arrays, self._n_rows
+        if self._rows:
+            _put(a["ids"], n0, np.array([i for ids, _ in self._rows for i in ids], dtype=object))
+            for c in self.conds:
+                rows = {f: np.concatenate([b[c][f] for _, b in self._rows]) for f in POS_FIELDS + ITEM_FIELDS}
+                _put(a[f"{c}/offsets"], n0 + 1, self._offsets[c][n0 + 1:])
+                for f in POS_FIELDS:
+                    _put(a[f"{c}/{f}"], int(self._offsets[c][n0]), rows[f])
+                for f in ITEM_FIELDS:
+                    _put(a[f"{c}/{f}"], n0, rows[f])
+            self._rows, self._n_rows = [], self._n()
+        done = min(int(np.searchsorted(o, self._base[c], side="right")) - 1 for c, o in self._offsets.items())
+        self._group.update_attributes({"n_done": done})
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"store {self.partial}: the writer thread failed") from self._error
+
+    def flush(self) -> None:
+        """Wait until every queued batch is written (committed as far as whole chunks allow)."""
+        if self._thread is not None:
+            self._queue.join()
+        self._check()
+
+    def _stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def close(self) -> Path:
+        """Write the tails and the manifest, mark complete, rename `<path>.partial` to `path`; returns `path`."""
+        self._stop()
+        self._check()
+        for c in self.conds:
+            self._flush(c, final=True)
+        self._commit()
+        self._truncate(n := self._n())
+        self._group.update_attributes({**self.setup, "n_items": n, "n_done": n, "extra": self.extra,
+                                       "complete": True})
+        self.partial.rename(self.path)
+        return self.path
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # leave the partial store, committed as far as it got, for a resumed run
+            self._stop()
+
+
+class StoreReader:
+    """Read a complete store lazily: each call decodes only the chunks it needs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        g = zarr.open_group(self.path, mode="r")
+        self.manifest: dict[str, Any] = dict(g.attrs)
+        if not self.manifest.get("complete"):
+            raise ValueError(f"{self.path}: not a complete modgap store")
+        self._arrays = _arrays(g)
+        self.layers: list[int] = self.manifest["layers"]
+        self.conds: list[str] = self.manifest["conds"]
+        self.items: list[str] = [str(s) for s in self._read("ids", ())]
+        self._offsets = {c: self._read(f"{c}/offsets", ()) for c in self.conds}
+
+    def _read(self, name: str, sel: tuple) -> np.ndarray:
+        try:
+            return self._arrays[name].get_orthogonal_selection(sel or slice(None))
+        except (ValueError, RuntimeError) as e:
+            raise CorruptStoreError(f"store {self.path}: array {name!r} cannot be read ({e})") from e
+
+    def offsets(self, cond: str) -> np.ndarray:
+        """`[items+1]`: item i owns positions offsets[i]:offsets[i+1] of condition `cond`."""
+        return self._offsets[cond]
+
+    def _layer_sel(self, layers: Sequence[int] | None) -> slice | np.ndarray:
+        if layers is None:
+            return slice(None)
+        if missing := sorted(set(layers) - set(self.layers)):
+            raise ValueError(f"{self.path}: layers {missing} not stored (stored: {self.layers})")
+        return np.array([self.layers.index(x) for x in layers])
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        if self.manifest["dtype"] == "bfloat16":
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
+    def _span(self, cond: str, item: int) -> slice:
+        if not 0 <= item < len(self.items):
+            raise IndexError(f"{self.path}: item {item} out of range 0..{len(self.items) - 1}")
+        return slice(int(self._offsets[cond][item]), int(self._offsets[cond][item + 1]))
+
+    def hidden(self, cond: str, item: int, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """`[layers, T, d]` hidden states of one item; `layers` are model layer numbers (default: all stored)."""
+        return self._tensor(self._read(f"{cond}/hidden", (self._layer_sel(layers), self._span(cond, item), slice(None))))
+
+    def iter_items(self, cond: str, layers: Sequence[int] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield `(item, [layers, T, d])` in order, decoding each chunk about once: one row of chunks is held."""
+        P, off, lsel = self.manifest["chunk_positions"], self._offsets[cond], self._layer_sel(layers)
+        lo = hi = 0
+        window = np.empty(0)
+        for i in range(len(off) - 1):
+            s, e = int(off[i]), int(off[i + 1])
+            if e > hi:
+                lo, hi = s // P * P, min(-(-e // P) * P, int(off[-1]))
+                window = self._read(f"{cond}/hidden", (lsel, slice(lo, hi), slice(None)))
+            yield i, self._tensor(window[:, s - lo: e - lo])
+
+    def positions(self, cond: str, item: int | None = None) -> pd.DataFrame:
+        """Per-position metadata (columns item, seq, word, start_ms, end_ms) of one item, or of all."""
+        sel = () if item is None else (self._span(cond, item),)
+        return pd.DataFrame({f: self._read(f"{cond}/{f}", sel) for f in POS_FIELDS})
+
+    def loglik(self, cond: str) -> np.ndarray:
+        """`[items, n_options]` option log-likelihoods, NaN where an item has fewer options."""
+        return self._read(f"{cond}/loglik", ())
+
+    def items_table(self) -> pd.DataFrame:
+        """One row per item: id, and per condition pred_{cond}, correct_{cond}, positions_{cond}."""
+        cols: dict[str, Any] = {"id": self.items}
+        for c in self.conds:
+            cols |= {f"pred_{c}": self._read(f"{c}/pred", ()), f"correct_{c}": self._read(f"{c}/correct", ()),
+                     f"positions_{c}": np.diff(self._offsets[c])}
+        return pd.DataFrame(cols)
+
+
+def predictions_table(reader: StoreReader) -> pd.DataFrame:
+    """Long table (item, id, condition, prediction, correct) of a store, as the driver writes it to Parquet."""
+    t = reader.items_table()
+    return pd.concat([pd.DataFrame({"item": t.index, "id": t["id"], "condition": c, "prediction": t[f"pred_{c}"],
+                                    "correct": t[f"correct_{c}"]}) for c in reader.conds], ignore_index=True)
