@@ -1,0 +1,133 @@
+"""States stage driver: run a speech LLM on each corpus item as speech (S) and as text (T), score the answer,
+and dump the span hidden states of the selected layers into a resumable Zarr store (`modgap.store`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from modgap.corpus.build import write_parquet
+from modgap.corpus.items import Item
+from modgap.models.base import Inputs, SpeechLM
+from modgap.store import CondBatch, StoreReader, StoreWriter, predictions_table
+
+CONDITIONS = ("S", "T")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """What to dump: `layers` (None = all, 0 = input embeddings), store dtype, optional BitRound bits,
+    option-score normalisation ("none" | "tokens" | "chars"), and items per store batch."""
+
+    layers: tuple[int, ...] | None = None
+    dtype: str = "float16"
+    bitround_bits: int | None = None
+    norm: str = "none"
+    batch_items: int = 16
+
+
+def corpus_items(table: pd.DataFrame) -> list[tuple[Item, str, np.ndarray]]:
+    """Usable rows of a corpus items table: (item, audio path, word spans [W, 2] in ms)."""
+    ok = table[table["status"] == "ok"]
+    return [
+        (
+            Item(r.id, r.subject, r.question, list(r.choices), int(r.answer)),
+            r.audio,
+            np.stack([np.asarray(r.start_ms, float), np.asarray(r.end_ms, float)], axis=1),
+        )
+        for r in ok.itertuples()
+    ]
+
+
+def shard_rows(n_items: int, shard_items: int, shard: int) -> slice:
+    """Rows of shard `shard` when `n_items` are cut into shards of `shard_items`."""
+    if not 0 <= shard * shard_items < max(n_items, 1):
+        raise ValueError(f"shard {shard} is empty: {n_items} items in shards of {shard_items}")
+    return slice(shard * shard_items, min((shard + 1) * shard_items, n_items))
+
+
+def _condition_batch(runs: list[tuple[Inputs, torch.Tensor, object, Item]], layers: list[int], times) -> CondBatch:
+    """Pack per-item (inputs, hidden [L+1, n, d], scores, item) into one CondBatch over the selected layers."""
+    lengths = [len(inp.span) for inp, *_ in runs]
+    words = [inp.words if inp.words is not None else np.full(len(inp.span), -1) for inp, *_ in runs]
+    spans = [times(inp) for inp, *_ in runs]
+    return CondBatch(
+        hidden=torch.cat([h[layers] for _, h, *_ in runs], dim=1),
+        lengths=lengths,
+        seq=np.concatenate([inp.span.numpy() for inp, *_ in runs]),
+        pred=np.array([s.pred for _, _, s, _ in runs]),
+        correct=np.array([int(s.pred == it.answer) for _, _, s, it in runs]),
+        loglik=_pad([s.logliks for _, _, s, _ in runs]),
+        word=np.concatenate(words),
+        start_ms=np.concatenate([t[:, 0] for t in spans]),
+        end_ms=np.concatenate([t[:, 1] for t in spans]),
+    )
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """[B, max k] option log-likelihoods, NaN where an item has fewer options."""
+    out = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def dump_states(
+    adapter: SpeechLM,
+    rows: list[tuple[Item, str, np.ndarray]],
+    style: str,
+    out_path: str | Path,
+    spec: StateSpec,
+    model_id: str,
+    config_hash: str = "",
+) -> pd.DataFrame:
+    """Run S and T for every row, write the store at `out_path` and return its predictions table.
+
+    A killed run leaves `<out_path>.partial`; calling again resumes after the last committed item.
+    """
+    layers = list(range(adapter.n_layers + 1)) if spec.layers is None else list(spec.layers)
+    if bad := [l for l in layers if not 0 <= l <= adapter.n_layers]:
+        raise ValueError(f"layers {bad} out of range: {model_id} has layers 0..{adapter.n_layers}")
+    writer = StoreWriter(
+        out_path, model=model_id, layers=layers, d=adapter.hidden_size,
+        n_options=max(len(it.choices) for it, *_ in rows), dtype=spec.dtype, bitround_bits=spec.bitround_bits,
+        config_hash=config_hash, extra={"style": style, "norm": spec.norm, "family": adapter.family},
+    )
+    s_times = lambda inp: adapter.position_times_ms(len(inp.span))  # noqa: E731
+    t_times = lambda inp: np.full((len(inp.span), 2), -1.0)  # noqa: E731
+    todo = rows[writer.n_done :]
+    with writer, tqdm(total=len(rows), initial=writer.n_done, desc=f"states {model_id}", mininterval=5) as bar:
+        for start in range(0, len(todo), spec.batch_items):
+            batch = todo[start : start + spec.batch_items]
+            runs = {c: [] for c in CONDITIONS}
+            for item, audio_path, spans in batch:
+                wave, _ = sf.read(audio_path, dtype="float32")
+                inputs = {"S": adapter.speech_inputs(item, wave, spans), "T": adapter.text_inputs(item, style)}
+                for c in CONDITIONS:
+                    pre = adapter.prefill(inputs[c], hidden=True)
+                    runs[c].append((inputs[c], pre.hidden, adapter.score_prefill(pre, item, style, spec.norm), item))
+            writer.append(
+                [it.id for it, *_ in batch],
+                {"S": _condition_batch(runs["S"], layers, s_times), "T": _condition_batch(runs["T"], layers, t_times)},
+            )
+            bar.update(len(batch))
+    return predictions_table(StoreReader(out_path))
+
+
+def accuracy_table(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
+    """One row per model: text and speech accuracy, GAP in points, and item count."""
+    acc = predictions.pivot_table(index="id", columns="condition", values="correct")
+    text, speech = float(acc["T"].mean()), float(acc["S"].mean())
+    return pd.DataFrame(
+        [{"model": model, "text_acc": text, "speech_acc": speech, "gap": 100 * (text - speech), "n_items": len(acc)}]
+    )
+
+
+def write_predictions(predictions: pd.DataFrame, out_path: str | Path) -> None:
+    """Per-item predictions Parquet: id, condition, prediction, correct."""
+    write_parquet(predictions, out_path)

@@ -1,0 +1,92 @@
+"""States driver on a tiny random Qwen2-Audio and real lab speech: store contents, resume, shards, accuracy."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import tiny_models as tiny
+
+from modgap.corpus.build import AlignSpec, VoiceSpec, align_split, synthesize_split
+from modgap.corpus.items import write_jsonl
+from modgap.corpus.lab_world import generate_lab
+from modgap.models import load_adapter
+from modgap.states import StateSpec, accuracy_table, corpus_items, dump_states, shard_rows
+from modgap.store import StoreReader
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("states")
+    write_jsonl(generate_lab(0, 0, 0, 6)["test"], tmp / "items.jsonl")
+    synthesize_split(tmp / "items.jsonl", "cloze", VoiceSpec("en-us", 175, 50), tmp / "s.parquet", tmp / "audio")
+    table = align_split(tmp / "s.parquet", AlignSpec(), tmp / "items.parquet")
+    path = tiny.build_qwen2_audio(tmp / "model", tiny.tiny_tokenizer(), window_s=4)
+    return tmp, corpus_items(table), load_adapter("qwen2_audio", str(path), device="cpu")
+
+
+def test_store_holds_span_states_scores_and_word_indices(setup, tmp_path):
+    _, rows, adapter = setup
+    pred = dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", StateSpec(layers=(0, 2), batch_items=4), "tiny")
+    r = StoreReader(tmp_path / "s.zarr")
+    assert r.items == [it.id for it, *_ in rows] and r.layers == [0, 2]
+    item, audio_path, spans = rows[1]
+    import soundfile as sf
+
+    inputs = adapter.speech_inputs(item, sf.read(audio_path, dtype="float32")[0], spans)
+    direct = adapter.model(**adapter._model_inputs(inputs), output_hidden_states=True).hidden_states
+    expect = torch.stack([direct[l][0, inputs.span] for l in (0, 2)]).to(torch.float16)
+    assert torch.equal(r.hidden("S", 1), expect)
+    pos = r.positions("S", 1)
+    assert (pos["word"].to_numpy() == inputs.words).all() and pos["start_ms"].iloc[1] == 40
+    assert pos["word"].max() == len(spans) - 1
+    assert set(pred["condition"]) == {"S", "T"} and len(pred) == 2 * len(rows)
+    scores = adapter.score(inputs, item, "cloze")
+    stored = pred[(pred["condition"] == "S") & (pred["id"] == item.id)].iloc[0]
+    assert stored["prediction"] == scores.pred and stored["correct"] == int(scores.pred == item.answer)
+    assert np.allclose(r.loglik("S")[1][: len(item.choices)], scores.logliks, atol=1e-4)
+
+
+def test_resumed_dump_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    _, rows, adapter = setup
+    spec = StateSpec(batch_items=2)
+    dump_states(adapter, rows, "cloze", tmp_path / "full.zarr", spec, "tiny")
+    real_prefill = adapter.prefill
+    calls = {"n": 0}
+
+    def dying_prefill(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # mid-way through the second batch
+            raise KeyboardInterrupt
+        return real_prefill(*args, **kwargs)
+
+    monkeypatch.setattr(adapter, "prefill", dying_prefill)
+    with pytest.raises(KeyboardInterrupt):
+        dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny")
+    assert not (tmp_path / "resumed.zarr").exists() and (tmp_path / "resumed.zarr.partial").exists()
+    monkeypatch.setattr(adapter, "prefill", real_prefill)
+    dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny")
+    a, b = StoreReader(tmp_path / "full.zarr"), StoreReader(tmp_path / "resumed.zarr")
+    for i in range(len(rows)):
+        for c in ("S", "T"):
+            assert torch.equal(a.hidden(c, i), b.hidden(c, i))
+    pd.testing.assert_frame_equal(a.items_table(), b.items_table())
+
+
+def test_bad_layer_and_empty_shard(setup, tmp_path):
+    _, rows, adapter = setup
+    with pytest.raises(ValueError, match=r"layers \[9\] out of range"):
+        dump_states(adapter, rows, "cloze", tmp_path / "x.zarr", StateSpec(layers=(0, 9)), "tiny")
+    assert shard_rows(10, 4, 2) == slice(8, 10)
+    with pytest.raises(ValueError, match="shard 3 is empty"):
+        shard_rows(10, 4, 3)
+
+
+def test_accuracy_table_gap_in_points():
+    pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "correct": [0, 1, 1, 1]})
+    row = accuracy_table(pred, "m").iloc[0]
+    assert (row["text_acc"], row["speech_acc"], row["gap"], row["n_items"]) == (1.0, 0.5, 50.0, 2)
