@@ -16,9 +16,13 @@ except ConfigError as error:
 
 include: "rules/common.smk"
 include: "rules/corpus.smk"
+include: "rules/lab.smk"
+include: "rules/states.smk"
 
 
 rule all:
     default_target: True
     input:
         corpus_targets(),
+        f"{LAB}/accuracy.csv",
+        "results/states/accuracy.csv",

@@ -59,7 +59,25 @@ def validate_config(config: dict, root: str | Path = ".") -> dict:
         raise ConfigError(_message(error))
     for name, spec in cfg["datasets"].items():
         _check_dataset(name, spec, Path(root))
+    for name, spec in cfg["models"].items():
+        _check_model(name, spec, cfg["lab"]["strategies"])
+    if cfg["lab"]["dataset"] not in cfg["datasets"] and any("lab" in m for m in cfg["models"].values()):
+        raise ConfigError(f"config key lab.dataset: {cfg['lab']['dataset']!r} is not in datasets")
+    for name in cfg["states"]["datasets"] or []:
+        if name not in cfg["datasets"]:
+            raise ConfigError(f"config key states.datasets: {name!r} is not in datasets")
     return cfg
+
+
+def _check_model(name: str, spec: dict, lab_strategies: list[str]) -> None:
+    key = f"models.{name}"
+    if "lab" in spec:
+        if "path" in spec:
+            raise ConfigError(f"config key {key}.path: not used with `lab` (checkpoints come from the lab stage)")
+        if missing := sorted(set(spec["lab"]) - set(lab_strategies)):
+            raise ConfigError(f"config key {key}.lab: strategies {missing} are not in lab.strategies")
+    elif "path" not in spec:
+        raise ConfigError(f"config key {key}.path: required (a local folder or a hub id)")
 
 
 def _check_dataset(name: str, spec: dict, root: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import hashlib
+import json
+
 import numpy as np
 import pandas as pd
 import soundfile as sf
@@ -13,7 +16,9 @@ from tqdm import tqdm
 
 from modgap.corpus.build import write_parquet
 from modgap.corpus.items import Item
+from modgap.models import load_adapter
 from modgap.models.base import Inputs, SpeechLM
+from modgap.plan import ModelRun
 from modgap.store import CondBatch, StoreReader, StoreWriter, predictions_table
 
 CONDITIONS = ("S", "T")
@@ -22,7 +27,8 @@ CONDITIONS = ("S", "T")
 @dataclass(frozen=True)
 class StateSpec:
     """What to dump: `layers` (None = all, 0 = input embeddings), store dtype, optional BitRound bits,
-    option-score normalisation ("none" | "tokens" | "chars"), and items per store batch."""
+    option-score normalisation ("none" | "tokens" | "chars"), and items per store batch, which is also the items per
+    forward pass of each condition (`SpeechLM.prefill_batch`)."""
 
     layers: tuple[int, ...] | None = None
     dtype: str = "float16"
@@ -104,30 +110,56 @@ def dump_states(
     with writer, tqdm(total=len(rows), initial=writer.n_done, desc=f"states {model_id}", mininterval=5) as bar:
         for start in range(0, len(todo), spec.batch_items):
             batch = todo[start : start + spec.batch_items]
-            runs = {c: [] for c in CONDITIONS}
-            for item, audio_path, spans in batch:
-                wave, _ = sf.read(audio_path, dtype="float32")
-                inputs = {"S": adapter.speech_inputs(item, wave, spans), "T": adapter.text_inputs(item, style)}
-                for c in CONDITIONS:
-                    pre = adapter.prefill(inputs[c], hidden=True)
-                    runs[c].append((inputs[c], pre.hidden, adapter.score_prefill(pre, item, style, spec.norm), item))
+            items = [item for item, *_ in batch]
+            inputs = {
+                "S": [adapter.speech_inputs(it, sf.read(path, dtype="float32")[0], ms) for it, path, ms in batch],
+                "T": [adapter.text_inputs(it, style) for it in items],
+            }
+            runs = {
+                c: [(pre.inputs, pre.hidden, adapter.score_prefill(pre, it, style, spec.norm), it)
+                    for pre, it in zip(adapter.prefill_batch(inputs[c], hidden=True), items)]
+                for c in CONDITIONS
+            }
             writer.append(
-                [it.id for it, *_ in batch],
+                [it.id for it in items],
                 {"S": _condition_batch(runs["S"], layers, s_times), "T": _condition_batch(runs["T"], layers, t_times)},
             )
             bar.update(len(batch))
     return predictions_table(StoreReader(out_path))
 
 
-def accuracy_table(predictions: pd.DataFrame, model: str) -> pd.DataFrame:
-    """One row per model: text and speech accuracy, GAP in points, and item count."""
+def accuracy_table(predictions: pd.DataFrame, **labels: str) -> pd.DataFrame:
+    """One row: `labels` (model, dataset, voice), text and speech accuracy, GAP in points, and item count."""
     acc = predictions.pivot_table(index="id", columns="condition", values="correct")
     text, speech = float(acc["T"].mean()), float(acc["S"].mean())
     return pd.DataFrame(
-        [{"model": model, "text_acc": text, "speech_acc": speech, "gap": 100 * (text - speech), "n_items": len(acc)}]
+        [{**labels, "text_acc": text, "speech_acc": speech, "gap": round(100 * (text - speech), 2), "n_items": len(acc)}]
     )
 
 
-def write_predictions(predictions: pd.DataFrame, out_path: str | Path) -> None:
-    """Per-item predictions Parquet: id, condition, prediction, correct."""
-    write_parquet(predictions, out_path)
+
+
+def run_shard(run: ModelRun, items_table: str | Path, shard: int, states: dict, out_path: str | Path) -> pd.DataFrame:
+    """Dump one shard of a corpus items table for one model; `states` is the config's `states` section."""
+    table = pd.read_parquet(items_table)
+    if states["max_items"] is not None:
+        table = table.iloc[: states["max_items"]]
+    rows = corpus_items(table.iloc[shard_rows(len(table), states["shard_items"], shard)])
+    if not rows:
+        raise ValueError(f"{items_table}: shard {shard} has no usable item (all excluded by the corpus stage)")
+    adapter = load_adapter(run.family, run.path, run.dtype, run.device, run.attn_implementation, run.long_audio)
+    spec = StateSpec(
+        layers=None if states["layers"] == "all" else tuple(states["layers"]), dtype=states["dtype"],
+        bitround_bits=states["bitround_bits"], norm=states["norm"], batch_items=states["batch_items"],
+    )
+    digest = hashlib.sha256(json.dumps([run.to_dict(), states], sort_keys=True).encode()).hexdigest()[:12]
+    return dump_states(adapter, rows, table["style"].iloc[0], out_path, spec, run.name, config_hash=digest)
+
+
+def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path) -> pd.DataFrame:
+    """Concatenate the shards' predictions (Parquet) and write the model's accuracy row (CSV)."""
+    pred = pd.concat([predictions_table(StoreReader(s)) for s in stores], ignore_index=True)
+    write_parquet(pred.drop(columns="item"), predictions_out)
+    acc = accuracy_table(pred, **labels)
+    acc.to_csv(accuracy_out, index=False)
+    return acc

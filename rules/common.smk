@@ -1,5 +1,8 @@
 # Path and config helpers shared by every stage. No logic beyond naming things.
+import functools
+
 from modgap.corpus.build import NATIVE_VOICE
+from modgap.corpus.datasets import load_items
 
 CORPUS = "results/corpus/{dataset}/{split}"
 LOGS = "results/logs"
@@ -15,6 +18,12 @@ def voices(dataset, split):
     if dataset_spec(dataset)["audio"] == "native":
         return [NATIVE_VOICE]
     return config["tts"]["voices"][split]
+
+
+@functools.cache
+def split_size(dataset, split):
+    """Items in one split of a dataset (loaded once per run; shards are cut from it)."""
+    return len(load_items(dataset, dataset_spec(dataset))[split])
 
 
 def split_rate(split):

@@ -45,3 +45,36 @@ def test_file_dataset_only_has_test_split(tmp_path):
         validate_config({"datasets": {"b": spec}}, root=tmp_path)
     spec["splits"] = ["test"]
     assert validate_config({"datasets": {"b": spec}}, root=tmp_path)["datasets"]["b"]["audio"] == "tts"
+
+
+@pytest.mark.parametrize(
+    "models, key",
+    [
+        ({"m": {"family": "qwen2_audio"}}, "models.m.path"),
+        ({"m": {"family": "qwen2_audio", "lab": ["frozen"], "path": "x"}}, "models.m.path"),
+        ({"m": {"family": "gpt", "path": "x"}}, "models.m.family"),
+        ({"m": {"family": "qwen2_audio", "path": "x", "dtype": "int8"}}, "models.m.dtype"),
+    ],
+)
+def test_bad_model_entries_name_the_key(models, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config({"datasets": LAB, "models": models})
+
+
+def test_lab_strategies_must_be_trained():
+    cfg = {"datasets": LAB, "lab": {"strategies": ["full"]}, "models": {"lab": {"family": "qwen2_audio", "lab": ["frozen"]}}}
+    with pytest.raises(ConfigError, match=r"models\.lab\.lab: strategies \['frozen'\]"):
+        validate_config(cfg)
+
+
+def test_expand_models_names_every_lab_checkpoint():
+    from modgap.plan import expand_models
+
+    cfg = validate_config({"datasets": LAB, "models": {
+        "lab": {"family": "qwen2_audio", "lab": ["full"]}, "big": {"family": "voxtral", "path": "org/name"}}})
+    ckpts = {"lab-frozen@step5": "results/lab/frozen/step5", "lab-full@step5": "results/lab/full/step5",
+             "lab-full@step10": "results/lab/full/step10"}
+    runs = expand_models(cfg["models"], ckpts)
+    assert list(runs) == ["lab-full@step5", "lab-full@step10", "big"]
+    assert runs["lab-full@step10"].path == "results/lab/full/step10" and runs["lab-full@step10"].lab_strategy == "full"
+    assert runs["big"].path == "org/name" and runs["big"].lab_strategy is None and runs["big"].device == "auto"

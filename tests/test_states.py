@@ -55,26 +55,39 @@ def test_resumed_dump_equals_uninterrupted(setup, tmp_path, monkeypatch):
     _, rows, adapter = setup
     spec = StateSpec(batch_items=2)
     dump_states(adapter, rows, "cloze", tmp_path / "full.zarr", spec, "tiny")
-    real_prefill = adapter.prefill
+    real_prefill = adapter.prefill_batch
     calls = {"n": 0}
 
     def dying_prefill(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 7:  # mid-way through the second batch
+        if calls["n"] == 4:  # mid-way through the second batch: S done, T not
             raise KeyboardInterrupt
         return real_prefill(*args, **kwargs)
 
-    monkeypatch.setattr(adapter, "prefill", dying_prefill)
+    monkeypatch.setattr(adapter, "prefill_batch", dying_prefill)
     with pytest.raises(KeyboardInterrupt):
         dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny")
     assert not (tmp_path / "resumed.zarr").exists() and (tmp_path / "resumed.zarr.partial").exists()
-    monkeypatch.setattr(adapter, "prefill", real_prefill)
+    monkeypatch.setattr(adapter, "prefill_batch", real_prefill)
     dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny")
     a, b = StoreReader(tmp_path / "full.zarr"), StoreReader(tmp_path / "resumed.zarr")
     for i in range(len(rows)):
         for c in ("S", "T"):
             assert torch.equal(a.hidden(c, i), b.hidden(c, i))
     pd.testing.assert_frame_equal(a.items_table(), b.items_table())
+
+
+def test_batched_dump_equals_one_item_at_a_time(setup, tmp_path):
+    _, rows, adapter = setup
+    for b in (1, 4):
+        dump_states(adapter, rows, "cloze", tmp_path / f"b{b}.zarr", StateSpec(batch_items=b), "tiny")
+    one, four = StoreReader(tmp_path / "b1.zarr"), StoreReader(tmp_path / "b4.zarr")
+    for c in ("S", "T"):
+        for i in range(len(rows)):  # float32 states within 1e-5, so float16 within one rounding step
+            torch.testing.assert_close(one.hidden(c, i), four.hidden(c, i), rtol=2**-10, atol=1e-5)
+            pd.testing.assert_frame_equal(one.positions(c, i), four.positions(c, i))
+        np.testing.assert_allclose(one.loglik(c), four.loglik(c), rtol=0, atol=1e-5)
+    pd.testing.assert_frame_equal(one.items_table(), four.items_table())
 
 
 def test_bad_layer_and_empty_shard(setup, tmp_path):
@@ -88,5 +101,5 @@ def test_bad_layer_and_empty_shard(setup, tmp_path):
 
 def test_accuracy_table_gap_in_points():
     pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "correct": [0, 1, 1, 1]})
-    row = accuracy_table(pred, "m").iloc[0]
+    row = accuracy_table(pred, model="m").iloc[0]
     assert (row["text_acc"], row["speech_acc"], row["gap"], row["n_items"]) == (1.0, 0.5, 50.0, 2)

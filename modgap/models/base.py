@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 
 from modgap.corpus.items import LETTERS, Item, Style, spoken_text, words_of
 
@@ -121,6 +121,7 @@ class SpeechLM:
     family: ClassVar[str]
     model_class: ClassVar[type[PreTrainedModel]]
     content_as_string: ClassVar[bool] = False  # the template wants a string user turn (audio as its token's text)
+    batch_audio: ClassVar[bool] = True  # S items can share a forward: their audio tensors concatenate along dim 0
 
     def __init__(
         self,
@@ -315,19 +316,64 @@ class SpeechLM:
     # --- forward -----------------------------------------------------------------------------------------------------
     def _model_inputs(self, inputs: Inputs) -> dict[str, torch.Tensor]:
         """`inputs.model_inputs` on the model's device, floating tensors (audio features) in its dtype."""
+        return self._to_device(inputs.model_inputs)
+
+    def _to_device(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`tensors` on the model's device, floating ones (audio features) in its dtype."""
         cast = {"device": self.device, "dtype": self.model.dtype}
-        return {k: v.to(**cast) if v.is_floating_point() else v.to(self.device) for k, v in inputs.model_inputs.items()}
+        return {k: v.to(**cast) if v.is_floating_point() else v.to(self.device) for k, v in tensors.items()}
 
     @torch.no_grad()
     def prefill(self, inputs: Inputs, hidden: bool = False) -> Prefill:
         """One forward of the prompt with a KV cache; with `hidden`, also the span hidden states [L+1, n, d]."""
-        with self._condition(inputs.condition):
-            out = self.model(**self._model_inputs(inputs), use_cache=True, output_hidden_states=hidden)
-        states = None
-        if hidden:
-            span = inputs.span.to(self.device)
-            states = torch.stack([h[0, span] for h in out.hidden_states])
-        return Prefill(inputs, torch.log_softmax(out.logits[0, -1].float(), -1), out.past_key_values, states)
+        return self.prefill_batch([inputs], hidden)[0]
+
+    @torch.no_grad()
+    def prefill_batch(self, inputs: list[Inputs], hidden: bool = False) -> list[Prefill]:
+        """`prefill` of several prompts of one condition in one left-padded forward; equal to one `prefill` each.
+
+        The B prompts are left-padded to the longest (attention mask 0, positions counted from each prompt's first
+        token) and, for S, their audio tensors concatenated along dim 0 (audio windows; see `batch_audio`). Each
+        item gets its own KV cache, cut from the batched one without its padding, so `option_logliks` runs as after
+        an unbatched prefill. Families whose S audio cannot be batched run S prompts one by one.
+        """
+        conditions = {x.condition for x in inputs}
+        if len(conditions) != 1:
+            raise ValueError(f"prefill_batch needs prompts of one condition, got {sorted(conditions)}")
+        if len(inputs) > 1 and conditions == {"S"} and not self.batch_audio:
+            return [self.prefill_batch([x], hidden)[0] for x in inputs]
+        kwargs, pads = self._batch(inputs)
+        with self._condition(inputs[0].condition):
+            out = self.model(**kwargs, use_cache=True, output_hidden_states=hidden)
+        logprobs = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
+        results = []
+        for r, (x, pad) in enumerate(zip(inputs, pads)):
+            states = None
+            if hidden:
+                span = (x.span + pad).to(self.device)
+                states = torch.stack([h[r, span] for h in out.hidden_states])
+            cache = out.past_key_values if len(inputs) == 1 else self._item_cache(out.past_key_values, r, pad)
+            results.append(Prefill(x, logprobs[r], cache, states))
+        return results
+
+    def _batch(self, inputs: list[Inputs]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """Left-padded model kwargs of `inputs` on the model's device (input_ids, attention_mask, position_ids [B, T]
+        and the concatenated audio tensors) and each prompt's padding length."""
+        lengths = [x.model_inputs["input_ids"].shape[1] for x in inputs]
+        width = max(lengths)
+        ids = torch.full((len(inputs), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for r, (x, n) in enumerate(zip(inputs, lengths)):
+            ids[r, width - n :], mask[r, width - n :] = x.model_inputs["input_ids"][0], 1
+        tensors = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        for key in inputs[0].model_inputs.keys() - {"input_ids", "attention_mask"}:
+            tensors[key] = torch.cat([x.model_inputs[key] for x in inputs])
+        return self._to_device(tensors), [width - n for n in lengths]
+
+    def _item_cache(self, cache: Cache, row: int, pad: int) -> DynamicCache:
+        """Row `row` of a batched KV cache without its `pad` left-padding positions (as its own prefill's cache)."""
+        layers = [(k[row : row + 1, :, pad:], v[row : row + 1, :, pad:], *rest) for k, v, *rest in cache]
+        return DynamicCache(layers, config=self.model.config)
 
     def hidden_states(self, inputs: Inputs) -> torch.Tensor:
         """[L+1, n, d] hidden states over the span (layer 0 = input embeddings), in the model's dtype and device."""

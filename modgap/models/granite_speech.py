@@ -48,6 +48,7 @@ class GraniteSpeech(SpeechLM):
     family = "granite_speech"
     model_class = GraniteSpeechForConditionalGeneration
     content_as_string = True  # Granite's template takes the user turn as a string with "<|audio|>" in it
+    batch_audio = False  # variable-length log-mel without a padding mask: padded frames would change the conformer
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""End to end: the smoke study's corpus through the real Snakefile, reruns, and bad-input behaviour."""
+"""End to end: the smoke study through the real Snakefile (corpus, lab, states), reruns, and bad-input behaviour."""
 import json
 
 import pandas as pd
@@ -34,12 +34,25 @@ def test_corpus_outputs(study):
     assert (workdir / "results" / "benchmarks" / "corpus_align" / "lab" / "test" / "en-us+f3.tsv").is_file()
 
 
+def test_lab_and_states_outputs(study):
+    workdir, _ = study
+    lab = pd.read_csv(workdir / "results" / "lab" / "accuracy.csv")
+    assert list(lab["checkpoint"]) == ["lab-frozen@step5", "lab-frozen@step10", "lab-full@step5", "lab-full@step10"]
+    assert (lab["n_items"] == 8).all()
+    states = pd.read_csv(workdir / "results" / "states" / "accuracy.csv")
+    assert sorted(states["model"]) == sorted(lab["checkpoint"]) and (states["n_items"] == 8).all()
+    merged = states.merge(lab, left_on="model", right_on="checkpoint")
+    assert (merged["text_acc_x"] == merged["text_acc_y"]).all() and (merged["speech_acc_x"] == merged["speech_acc_y"]).all()
+    shards = sorted(p.name for p in (workdir / "results" / "states" / "lab-full@step10" / "lab" / "en-us+f3").iterdir())
+    assert shards == ["accuracy.csv", "predictions.parquet", "shard0.zarr", "shard1.zarr"]
+
+
 def test_rerun_does_nothing(study):
     workdir, _ = study
     assert planned_jobs(workdir) == {}
 
 
-def test_tts_change_reruns_only_the_corpus_speech_and_after(study):
+def test_tts_change_reruns_only_what_depends_on_it(study):
     workdir, config = study
     changed = {**config, "tts": {**config["tts"], "rates": {"test": 200}}}
     write_config(workdir, changed)
@@ -47,7 +60,11 @@ def test_tts_change_reruns_only_the_corpus_speech_and_after(study):
         jobs = planned_jobs(workdir)
     finally:
         write_config(workdir, config)
-    assert jobs == {"corpus_speech": 1, "corpus_align": 1, "corpus_summary": 1, "all": 1}
+    # the test voice's corpus, scoring and every checkpoint's states; not the items, nor the training split or training
+    assert jobs == {
+        "corpus_speech": 1, "corpus_align": 1, "corpus_summary": 1, "lab_score": 1,
+        "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "all": 1,
+    }
 
 
 def test_bad_config_fails_in_one_line_naming_the_key(study, tmp_path):

@@ -1,0 +1,163 @@
+"""Lab stage drivers: files in, files out. Phases run from saved checkpoints so each is one workflow job.
+
+Layout: `{out}/pretrain/text`, `{out}/pretrain/audio` (whole models + processor), then per strategy
+`{out}/{strategy}/step{N}/` (model + processor, `save_pretrained`) and `{out}/{strategy}/train_log.json`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from modgap.corpus.items import Item
+from modgap.corpus.lab_world import generate_lab, lab_vocabulary
+from modgap.lab import data, score, train
+from modgap.lab.model import build_model, build_processor
+from modgap.lab.recipe import Recipe
+from modgap.lab.tokenizer import build_tokenizer
+
+Model = Qwen2AudioForConditionalGeneration
+
+
+def checkpoint_name(strategy: str, step: int) -> str:
+    """The name later stages use for a checkpoint, e.g. `lab-frozen@step400`."""
+    return f"lab-{strategy}@step{step}"
+
+
+def fingerprint(recipe: Recipe, data_spec: dict) -> str:
+    """A stable digest of the recipe and of everything that shapes the training data (world seed, voices, ...)."""
+    blob = json.dumps({"recipe": recipe.hash(), "data": data_spec}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def shipped_fingerprint(shipped: str | Path) -> str | None:
+    """The fingerprint recorded with shipped checkpoints, or None when there are none."""
+    meta = Path(shipped) / "recipe.json"
+    return json.loads(meta.read_text())["fingerprint"] if meta.is_file() else None
+
+
+def text_items(recipe: Recipe, world_seed: int) -> list[Item]:
+    """The text pretraining items: `recipe.text_items` train-split items generated from the lab world."""
+    return generate_lab(world_seed, recipe.text_items, 0, 0)["train"]
+
+
+def load(path: str | Path) -> tuple[Model, Qwen2AudioProcessor]:
+    """A saved lab model (float32, eval mode) and its processor."""
+    model = Model.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), Qwen2AudioProcessor.from_pretrained(path)
+
+
+def save(model: Model, processor: Qwen2AudioProcessor, path: str | Path, log: dict | None = None) -> None:
+    """`save_pretrained` the model and processor into `path`, with an optional `train_log.json`."""
+    path = Path(path)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    if log is not None:
+        (path / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+
+
+def speech(processor: Qwen2AudioProcessor, tables: list[str]) -> data.SpeechSet:
+    """The usable items of corpus tables (items.parquet), spoken, as one SpeechSet."""
+    items, waves = [], []
+    for table in tables:
+        i, w = data.load_table(table)
+        items += i
+        waves += w
+    return data.speech_set(processor, items, waves)
+
+
+def run_text(recipe: Recipe, world_seed: int, out: str | Path) -> dict:
+    """Phase 1: tokenizer, processor and a fresh model; the language model trained on generated text."""
+    torch.set_num_threads(recipe.threads)
+    items = text_items(recipe, world_seed)
+    tok = build_tokenizer([f"{it.question} {' '.join(it.choices)}" for it in items], lab_vocabulary(world_seed))
+    processor = build_processor(recipe, tok)
+    model = build_model(recipe, tok)
+    seqs = data.text_sequences(processor, items, train.text_weights(recipe), recipe.text_spread, recipe.seed)
+    log = train.pretrain_text(model, seqs, tok.pad_token_id, recipe)
+    save(model, processor, out, {"recipe": recipe.to_dict(), "text": log})
+    return log
+
+
+def run_audio(recipe: Recipe, text_model: str | Path, tables: list[str], out: str | Path) -> dict:
+    """Phase 2: the audio tower trained with CTC on the spoken training questions."""
+    torch.set_num_threads(recipe.threads)
+    model, processor = load(text_model)
+    log = train.pretrain_audio(model, speech(processor, tables), processor, recipe)
+    save(model, processor, out, {"recipe": recipe.to_dict(), "ctc": log})
+    return log
+
+
+def run_align(
+    recipe: Recipe, strategy: str, audio_model: str | Path, tables: list[str], world_seed: int, out: str | Path
+) -> dict:
+    """Phase 3 for one strategy; writes `{out}/step{N}/` for every recipe checkpoint and `{out}/train_log.json`."""
+    torch.set_num_threads(recipe.threads)
+    out = Path(out)
+    model, processor = load(audio_model)
+    replay = data.text_sequences(
+        processor, text_items(recipe, world_seed), train.text_weights(recipe), recipe.text_spread, recipe.seed
+    )
+    log = train.align(
+        model, speech(processor, tables), replay, processor, recipe, strategy,
+        save=lambda step: save(model, processor, out / f"step{step}"),
+    )
+    (out / "train_log.json").write_text(json.dumps({"recipe": recipe.to_dict(), strategy: log}, indent=1) + "\n")
+    return log
+
+
+def run_score(checkpoints: dict[str, str], test_table: str, out_csv: str, out_predictions: str, out_json: str) -> list[dict]:
+    """Score every checkpoint ({name: path}) on the test table: accuracy.csv, per-item predictions, distributions."""
+    import pandas as pd
+
+    rows, preds, details = [], [], {}
+    items, waves = data.load_table(test_table)
+    for name, path in checkpoints.items():
+        model, processor = load(path)
+        pred = score.predictions(model, processor, items, data.speech_set(processor, items, waves))
+        s = score.summarize(pred, items)
+        strategy, step = name.removeprefix("lab-").split("@step")
+        rows.append({"checkpoint": name, "strategy": strategy, "step": int(step),
+                     **{k: s[k] for k in ("text_acc", "speech_acc", "gap", "constant_baseline_acc", "n_items",
+                                          "text_distinct", "speech_distinct", "speech_top_share")}})
+        preds.append(pred.assign(checkpoint=name))
+        details[name] = {"baseline": s["baseline"], "distribution": s["distribution"]}
+    pd.DataFrame(rows).to_csv(out_csv, index=False)
+    pd.concat(preds).to_parquet(out_predictions, index=False)
+    Path(out_json).write_text(json.dumps(details, indent=1) + "\n")
+    return rows
+
+
+def export(checkpoints: dict[str, str], recipe: Recipe, data_spec: dict, out: str | Path) -> None:
+    """Ship checkpoints as fp16 safetensors under `{out}/{strategy}/step{N}/` plus `{out}/recipe.json`."""
+    out = Path(out)
+    for name, path in checkpoints.items():
+        strategy, step = name.removeprefix("lab-").split("@step")
+        model, processor = load(path)
+        save(model.half(), processor, out / strategy / f"step{step}")
+    meta = {"fingerprint": fingerprint(recipe, data_spec), "recipe": recipe.to_dict(), "data": data_spec,
+            "checkpoints": sorted(checkpoints)}
+    (out / "recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def import_shipped(shipped: str | Path, strategy: str, recipe: Recipe, data_spec: dict, out: str | Path) -> list[str]:
+    """Copy one strategy's shipped checkpoints into `out` as float32, after checking the recipe fingerprint."""
+    shipped = Path(shipped)
+    meta = json.loads((shipped / "recipe.json").read_text())
+    want = fingerprint(recipe, data_spec)
+    if meta["fingerprint"] != want:
+        raise ValueError(
+            f"shipped lab checkpoints ({shipped}) were trained with fingerprint {meta['fingerprint']}, but the "
+            f"current recipe and data give {want}; set lab.source: train (and re-export), or restore the recipe"
+        )
+    names = []
+    for step_dir in sorted((shipped / strategy).glob("step*"), key=lambda p: int(p.name[4:])):
+        model, processor = load(step_dir)
+        save(model, processor, Path(out) / step_dir.name)
+        names.append(checkpoint_name(strategy, int(step_dir.name[4:])))
+    if not names:
+        raise ValueError(f"no shipped checkpoints for strategy {strategy!r} under {shipped}")
+    return names

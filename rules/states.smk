@@ -1,0 +1,109 @@
+# States: every model runs every test item as speech (S) and as text (T); scores and span hidden states go to one
+# Zarr store per (model, dataset, voice, shard), then per-item predictions and accuracy tables.
+import sys
+
+from modgap.plan import expand_models, shard_count, storage_report
+
+MODELS = expand_models(config["models"], LAB_PLAN.checkpoints)
+STATES = "results/states/{model}/{dataset}/{voice}"
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9_.\-]+(@step[0-9]+)?",
+    shard="[0-9]+",
+
+
+def states_datasets():
+    return config["states"]["datasets"] or list(config["datasets"])
+
+
+def n_shards(dataset):
+    return shard_count(split_size(dataset, "test"), config["states"]["shard_items"], config["states"]["max_items"])
+
+
+def model_input(model):
+    """The lab stage's checkpoint folder for a lab run; nothing for a model loaded from a path or hub id."""
+    run = MODELS[model]
+    return [f"{LAB}/{run.lab_strategy}"] if run.lab_strategy else []
+
+
+def states_tables():
+    return [
+        f"{STATES}/accuracy.csv".format(model=m, dataset=d, voice=v)
+        for m in MODELS
+        for d in states_datasets()
+        for v in voices(d, "test")
+    ]
+
+
+if workflow.output_settings.dryrun:
+    print(
+        *storage_report(
+            MODELS,
+            {
+                f"{d}/{v}": (
+                    split_size(d, "test"),
+                    f"results/corpus/{d}/test/{v}/items.parquet",
+                    dataset_spec(d)["style"],
+                )
+                for d in states_datasets()
+                for v in voices(d, "test")
+            },
+            config["states"],
+        ),
+        sep="\n",
+        file=sys.stderr,
+    )
+
+
+rule states_dump:
+    input:
+        table="results/corpus/{dataset}/test/{voice}/items.parquet",
+        model=lambda wc: model_input(wc.model),
+    output:
+        directory(f"{STATES}/shard{{shard}}.zarr"),
+    params:
+        run=lambda wc: MODELS[wc.model].to_dict(),
+        states=config["states"],
+    threads: 1  # torch CPU threads spin-wait under contention: 2 threads ran 3-10x slower than 1 here
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    log:
+        f"{LOGS}/states_dump/{{model}}/{{dataset}}/{{voice}}/shard{{shard}}.log",
+    benchmark:
+        f"{BENCH}/states_dump/{{model}}/{{dataset}}/{{voice}}/shard{{shard}}.tsv"
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/states_dump.py"
+
+
+rule states_tables:
+    input:
+        lambda wc: expand(f"{STATES}/shard{{shard}}.zarr", shard=range(n_shards(wc.dataset)), allow_missing=True),
+    output:
+        predictions=f"{STATES}/predictions.parquet",
+        accuracy=f"{STATES}/accuracy.csv",
+    log:
+        f"{LOGS}/states_tables/{{model}}/{{dataset}}/{{voice}}.log",
+    benchmark:
+        f"{BENCH}/states_tables/{{model}}/{{dataset}}/{{voice}}.tsv"
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/states_tables.py"
+
+
+rule states_accuracy:
+    input:
+        states_tables(),
+    output:
+        report("results/states/accuracy.csv", caption="../workflow/report/states_accuracy.rst", category="States"),
+    log:
+        f"{LOGS}/states_accuracy.log",
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/states_accuracy.py"

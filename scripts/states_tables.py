@@ -1,0 +1,8 @@
+from modgap.runlog import logged
+from modgap.states import write_tables
+
+with logged(snakemake.log[0]) as log:
+    acc = write_tables(
+        list(snakemake.input), dict(snakemake.wildcards), snakemake.output.predictions, snakemake.output.accuracy
+    )
+    log.info("%s", acc.to_dict("records"))
