@@ -4,7 +4,7 @@ CORES ?= all
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: study test figures clean-venv
+.PHONY: study test lab-train clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,10 @@ study: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# Retrain the lab model from scratch and re-export lab/checkpoints (after a recipe change).
+lab-train: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES) --config 'lab={source: train}' --forcerun lab_export -- lab_export
 
 clean-venv:
 	rm -rf $(VENV)

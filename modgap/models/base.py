@@ -370,10 +370,12 @@ class SpeechLM:
             tensors[key] = torch.cat([x.model_inputs[key] for x in inputs])
         return self._to_device(tensors), [width - n for n in lengths]
 
-    def _item_cache(self, cache: Cache, row: int, pad: int) -> DynamicCache:
-        """Row `row` of a batched KV cache without its `pad` left-padding positions (as its own prefill's cache)."""
-        layers = [(k[row : row + 1, :, pad:], v[row : row + 1, :, pad:], *rest) for k, v, *rest in cache]
-        return DynamicCache(layers, config=self.model.config)
+    @staticmethod
+    def _item_cache(cache: DynamicCache, row: int, pad: int) -> DynamicCache:
+        """Row `row` of a batched KV cache without its `pad` left-padding positions (as its own prefill's cache).
+
+        Every layer holds keys and values [B, heads, T, head_dim]: full attention, as in every supported family."""
+        return DynamicCache([(k[row : row + 1, :, pad:], v[row : row + 1, :, pad:]) for k, v, *_ in cache])
 
     def hidden_states(self, inputs: Inputs) -> torch.Tensor:
         """[L+1, n, d] hidden states over the span (layer 0 = input embeddings), in the model's dtype and device."""
@@ -420,7 +422,7 @@ class SpeechLM:
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
         texts = option_texts(item, style)
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         logliks = self.option_logliks(prefill, ids)
         return Scores(logliks, np.array([len(i) for i in ids]), np.array([len(t) for t in texts]), norm)
 

@@ -1,0 +1,119 @@
+"""Cost of dumping every layer's span hidden states, relative to a plain prefill forward, on the lab model.
+
+Usage: python bench/states_overhead.py [--model DIR] [--items 200] [--batch 16] [--repeat 5] [--threads 1]
+                                       [--device cpu]
+Takes the first `items` lab test items (cloze, voice en-us+f3) and times, interleaved over `repeat` rounds, each over
+S and T of every item in batches of `batch`:
+  (p) building the inputs alone (read audio, log-mel features, tokenize);
+  (a) plain prefill forwards (`prefill_batch(hidden=False)`: no hidden states, no scoring) on prebuilt inputs;
+  (b) prefill forwards with the span hidden states of every layer (capture only) on prebuilt inputs;
+  (c) the whole `dump_states` of every layer into a new store (inputs + capture + option scoring + write).
+Prints per mode the fastest and median round, items/s, and for (c) the MB/s of hidden state written (float16 bytes
+before compression) and the store's size on disk; then b/a, c/a and (c - p)/a (dump_states builds its own inputs,
+the forwards of (a) and (b) do not) from the fastest rounds. The model defaults to
+results/lab/full/step400, else lab/checkpoints/full/step400. `--threads 1` (default) keeps torch from oversubscribing
+cores shared with other jobs, which makes small forwards both slow and erratic.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+
+from modgap.corpus.items import Item
+from modgap.models import Inputs, SpeechLM, load_adapter
+from modgap.states import StateSpec, corpus_items, dump_states
+
+ITEMS = "results/corpus/lab/test/en-us+f3/items.parquet"
+MODELS = ("results/lab/full/step400", "lab/checkpoints/full/step400")
+
+
+def build_inputs(adapter: SpeechLM, rows: list[tuple[Item, str, np.ndarray]], style: str) -> list[list[Inputs]]:
+    """S and T inputs of every row, as two lists (conditions) of per-item inputs."""
+    speech = [adapter.speech_inputs(it, sf.read(path, dtype="float32")[0], ms) for it, path, ms in rows]
+    return [speech, [adapter.text_inputs(it, style) for it, *_ in rows]]
+
+
+def prefill_all(adapter: SpeechLM, inputs: list[list[Inputs]], batch: int, hidden: bool) -> None:
+    """`prefill_batch` over both conditions of every item, `batch` items per forward."""
+    for cond in inputs:
+        for start in range(0, len(cond), batch):
+            adapter.prefill_batch(cond[start : start + batch], hidden=hidden)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of `fn()`, waiting for the GPU if there is one."""
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=next((m for m in MODELS if Path(m).exists()), MODELS[0]))
+    ap.add_argument("--items", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = pd.read_parquet(ITEMS)
+    style, rows = table["style"].iloc[0], corpus_items(table)[: args.items]
+    adapter = load_adapter("qwen2_audio", args.model, device=args.device)
+    spec = StateSpec(batch_items=args.batch)  # every layer, float16
+    inputs = build_inputs(adapter, rows, style)
+    positions = sum(len(x.span) for cond in inputs for x in cond)
+    raw_mb = positions * (adapter.n_layers + 1) * adapter.hidden_size * 2 / 1e6
+    print(f"{args.model}: {adapter.n_layers + 1} states x d={adapter.hidden_size}; {len(rows)} items x S, T = "
+          f"{positions} span positions = {raw_mb:.1f} MB float16; batch {args.batch}, {torch.get_num_threads()} "
+          f"threads on {adapter.device}; load average {load_average()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "states.zarr"
+        modes = {
+            "(p) inputs only": lambda: build_inputs(adapter, rows, style),
+            "(a) plain prefill": lambda: prefill_all(adapter, inputs, args.batch, hidden=False),
+            "(b) + hidden states": lambda: prefill_all(adapter, inputs, args.batch, hidden=True),
+            "(c) dump_states": lambda: dump_states(adapter, rows, style, store, spec, "bench"),
+        }
+        prefill_all(adapter, inputs, args.batch, hidden=True)  # warm-up
+        seconds: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.repeat):
+            for name, fn in modes.items():
+                seconds[name].append(timed(fn, adapter.device))
+            disk_mb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 1e6
+            shutil.rmtree(store)
+
+    best = {m: min(s) for m, s in seconds.items()}
+    for name, s in seconds.items():
+        line = (f"{name:20s}: fastest {best[name]:6.3f} s, median {statistics.median(s):6.3f} s, "
+                f"{len(rows) / best[name]:7.1f} items/s")
+        if name.startswith("(c)"):
+            line += f", {raw_mb / best[name]:6.1f} MB/s written ({disk_mb:.1f} MB on disk)"
+        print(line)
+    p, a, b, c = best.values()
+    print(f"b/a = {b / a:.3f}, c/a = {c / a:.3f}, (c - p)/a = {(c - p) / a:.3f}; load average {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

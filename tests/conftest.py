@@ -1,0 +1,8 @@
+"""Test-wide settings: offline hub, and one torch thread (tiny models; extra threads only spin-wait on 2 shared cores)."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
