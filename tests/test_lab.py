@@ -74,6 +74,33 @@ def test_weighted_nll_matches_model_loss(tiny):
     torch.testing.assert_close(ours, out.loss)
 
 
+def test_spread_questions_keep_targets_and_weights(tiny):
+    _, processor, items, _ = tiny
+    tok, w = processor.tokenizer, data.LossWeights(answer=1, transcript=0, lm=1)
+    plain = data.text_sequences(processor, items, w)
+    spread = data.text_sequences(processor, items, w, spread=1.0, seed=0)
+    for it, p, s in zip(items, plain, spread):
+        toks = tok.convert_ids_to_tokens(s.ids)
+        inner = toks[toks.index("<|audio_bos|>") + 1 : toks.index("<|audio_eos|>")]
+        assert [t for t in inner if t != tok.pad_token] == tok.convert_ids_to_tokens(data.words(processor, it.question))
+        assert len(inner) > 2 * len(data.words(processor, it.question))
+        assert tok.pad_token_id not in [t for t in s.labels if t != data.IGNORE]
+        assert sum(s.weights) == pytest.approx(sum(p.weights))
+        cue = tok.convert_tokens_to_ids("assistant")
+        assert s.ids[s.ids.index(cue) :] == p.ids[p.ids.index(cue) :]  # the same answer and transcript turns
+    assert data.text_sequences(processor, items, w, spread=0.5, seed=1) == data.text_sequences(processor, items, w, spread=0.5, seed=1)
+
+
+def test_fit_projector_maps_audio_to_embeddings(tiny):
+    model, processor, _, waves = tiny
+    items = generate_lab(0, 0, 0, len(waves))["test"]
+    sset = data.speech_set(processor, items, waves)
+    head = torch.nn.Linear(model.config.audio_config.d_model, len(processor.tokenizer))
+    before = model.model.multi_modal_projector.linear.weight.clone()
+    r2 = train.fit_projector(model, head, sset)
+    assert 0 < r2 <= 1 and not torch.equal(before, model.model.multi_modal_projector.linear.weight)
+
+
 def test_constant_baseline_and_distribution():
     items = [Item(f"q{k}", "s", "q", ["one", "two", "three"], k % 2) for k in range(4)]
     items.append(Item("q4", "s", "q", ["one", "two", "six"], 0))

@@ -70,20 +70,24 @@ def speech(processor: Qwen2AudioProcessor, tables: list[str]) -> data.SpeechSet:
 
 
 def run_text(recipe: Recipe, world_seed: int, out: str | Path) -> dict:
-    """Phase 1: tokenizer, processor and a fresh model; the language model trained on generated text."""
+    """Phase 1: tokenizer, processor and a fresh model; the language model trained on generated text, then on a mix
+    with questions spread out like audio positions (`recipe.spread_steps`)."""
     torch.set_num_threads(recipe.threads)
     items = text_items(recipe, world_seed)
     tok = build_tokenizer([f"{it.question} {' '.join(it.choices)}" for it in items], lab_vocabulary(world_seed))
     processor = build_processor(recipe, tok)
     model = build_model(recipe, tok)
-    seqs = data.text_sequences(processor, items, train.text_weights(recipe), recipe.text_spread, recipe.seed)
-    log = train.pretrain_text(model, seqs, tok.pad_token_id, recipe)
+    weights = train.text_weights(recipe)
+    log = train.pretrain_text(model, data.text_sequences(processor, items, weights), tok.pad_token_id, recipe)
+    if recipe.spread_steps:
+        seqs = data.text_sequences(processor, items, weights, recipe.text_spread, recipe.seed)
+        log["spread"] = train.pretrain_text(model, seqs, tok.pad_token_id, recipe, "spread")
     save(model, processor, out, {"recipe": recipe.to_dict(), "text": log})
     return log
 
 
 def run_audio(recipe: Recipe, text_model: str | Path, tables: list[str], out: str | Path) -> dict:
-    """Phase 2: the audio tower trained with CTC on the spoken training questions."""
+    """Phase 2: the audio tower trained with CTC on the spoken training questions, then the projector fitted."""
     torch.set_num_threads(recipe.threads)
     model, processor = load(text_model)
     log = train.pretrain_audio(model, speech(processor, tables), processor, recipe)

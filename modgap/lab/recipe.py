@@ -31,21 +31,20 @@ class Recipe:
     text_steps: int = 1200
     text_batch: int = 64
     text_lr: float = 3e-3
-    text_spread: float = 0.5  # fraction of text items whose question is spread out like audio (data.spread_user)
+    spread_steps: int = 200  # then more steps on a mix where some questions are spread out like audio
+    text_spread: float = 0.5  # the fraction of spread questions (data.spread_user) in that mix
     text_answer_weight: float = 1.0  # extra loss weight on the answer turn, on top of the LM loss on every token
     # phase 2: audio encoder with CTC on the words of the spoken question
-    ctc_steps: int = 300
+    ctc_steps: int = 900
     ctc_batch: int = 32
     ctc_lr: float = 2e-3
+    projector_fit: bool = True  # phase 2 ends by fitting the projector to the LM input embeddings of CTC's output
     # phase 3: alignment on spoken training questions (answer continuation + transcript)
     align_steps: int = 400
     align_batch: int = 16
-    align_lr: float = 1e-3  # the projector
-    encoder_lr: float = 1e-3  # the CTC-pretrained audio tower
+    align_lr: float = 1e-3
     lm_lr: float = 2e-4  # strategy "full" only; the LM is frozen otherwise
     transcript_weight: float = 1.0
-    distill_weight: float = 0.0  # KL from the text-condition (T) next-token distributions on the answer and transcript
-    projector_fit: bool = False  # phase 2 ends by fitting the projector to the LM input embeddings of CTC's words
     replay_weight: float = 1.0  # strategy "full": text LM loss on a replayed text batch
     checkpoints: tuple[int, ...] = (50, 100, 200, 400)
     warmup: float = 0.05  # fraction of each phase's steps
@@ -76,7 +75,7 @@ RECIPES: dict[str, Recipe] = {
     "smoke": Recipe(
         text_hidden=64, text_ffn=192, text_layers=2, text_heads=2, text_kv_heads=1,
         audio_d=64, audio_ffn=128, audio_layers=1, audio_heads=2,
-        text_items=3000, text_steps=250, text_batch=32, text_lr=4e-3,
+        text_items=3000, text_steps=250, spread_steps=20, text_batch=32, text_lr=4e-3,
         ctc_steps=20, ctc_batch=16, align_steps=10, align_batch=8, checkpoints=(5, 10),
     ),
 }

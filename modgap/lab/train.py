@@ -16,12 +16,12 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from transformers.masking_utils import create_bidirectional_mask
 
 from modgap.lab.data import (
-    IGNORE, LossWeights, Sequence, SpeechSet, collate, speech_batch, text_user, training_sequence, words,
+    IGNORE, LossWeights, Sequence, SpeechSet, collate, speech_batch, training_sequence, words,
 )
 from modgap.lab.recipe import Recipe
 
 Model = Qwen2AudioForConditionalGeneration
-PHASE_SEEDS = {"text": 1, "ctc": 2, "frozen": 3, "full": 4}
+PHASE_SEEDS = {"text": 1, "ctc": 2, "frozen": 3, "full": 4, "spread": 5}
 
 
 def text_weights(recipe: Recipe) -> LossWeights:
@@ -51,29 +51,11 @@ def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     return (nll * weights[:, 1:]).sum() / logits.shape[0]
 
 
-def distill_kl(
-    student: torch.Tensor, s_weights: torch.Tensor, teacher: torch.Tensor, t_weights: torch.Tensor
-) -> torch.Tensor:
-    """Mean over rows of sum_t weight_t * KL(teacher_t || student_t) over the weighted target positions.
-
-    Student and teacher rows hold the same targets in the same order (the same answer and transcript turns after
-    different user turns), so their weighted positions pair up one to one.
-    """
-    s_mask, t_mask = s_weights[:, 1:] > 0, t_weights[:, 1:] > 0
-    s = torch.log_softmax(student[:, :-1][s_mask].float(), -1)
-    t = torch.log_softmax(teacher[:, :-1][t_mask].float(), -1)
-    kl = (t.exp() * (t - s)).sum(-1)
-    return (kl * s_weights[:, 1:][s_mask]).sum() / student.shape[0]
-
-
-def logits_of(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's logits [B, T, V] on a batch from `data.collate` or `data.speech_batch`."""
-    return model(**{k: v for k, v in batch.items() if k not in ("labels", "weights")}).logits
-
-
 def sequence_loss(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The weighted NLL of a batch from `data.collate` or `data.speech_batch`."""
-    return weighted_nll(logits_of(model, batch), batch["labels"], batch["weights"])
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weights")}
+    logits = model(**inputs).logits
+    return weighted_nll(logits, batch["labels"], batch["weights"])
 
 
 def _optimize(
@@ -122,18 +104,23 @@ def _audio_params(model: Model) -> list[torch.nn.Parameter]:
     return params
 
 
-def pretrain_text(model: Model, seqs: list[Sequence], pad_id: int, recipe: Recipe) -> dict:
-    """Phase 1: train the language model (decoder + lm_head) on text sequences; the audio side is untouched."""
-    torch.manual_seed(recipe.seed + PHASE_SEEDS["text"])
+def pretrain_text(model: Model, seqs: list[Sequence], pad_id: int, recipe: Recipe, phase: str = "text") -> dict:
+    """Phase 1: train the language model (decoder + lm_head) on text sequences; the audio side is untouched.
+
+    `phase` "text" runs `recipe.text_steps`, "spread" (the continuation on partly spread questions) `spread_steps`.
+    """
+    seed = recipe.seed + PHASE_SEEDS[phase]
+    torch.manual_seed(seed)
     model.train()
     _trainable(model, False)
     lm = _trainable(model.model.language_model, True) + _trainable(model.lm_head, True)
-    order = batches(len(seqs), recipe.text_batch, recipe.seed + PHASE_SEEDS["text"])
+    order = batches(len(seqs), recipe.text_batch, seed)
 
     def loss(step: int) -> torch.Tensor:
         return sequence_loss(model, collate([seqs[i] for i in next(order)], pad_id))
 
-    return _optimize([{"params": lm, "lr": recipe.text_lr}], recipe.text_steps, recipe, loss, "text LM")
+    steps = recipe.text_steps if phase == "text" else recipe.spread_steps
+    return _optimize([{"params": lm, "lr": recipe.text_lr}], steps, recipe, loss, f"{phase} LM")
 
 
 def encode(model: Model, features: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,29 +230,19 @@ def align(
     pad = processor.tokenizer.pad_token_id
     model.train()
     _trainable(model, False)
-    groups = [
-        {"params": _audio_params(model), "lr": recipe.encoder_lr},
-        {"params": _trainable(model.model.multi_modal_projector, True), "lr": recipe.align_lr},
-    ]
+    audio = _audio_params(model) + _trainable(model.model.multi_modal_projector, True)
+    groups = [{"params": audio, "lr": recipe.align_lr}]
     if strategy == "full":
         lm = _trainable(model.model.language_model, True) + _trainable(model.lm_head, True)
         groups.append({"params": lm, "lr": recipe.lm_lr})
     w = speech_weights(recipe)
     seqs = [training_sequence(processor, u, it, w) for u, it in zip(sset.users, sset.items)]
-    teacher = [training_sequence(processor, text_user(processor, it), it, w) for it in sset.items]
     order = batches(len(seqs), recipe.align_batch, seed)
     replay = batches(len(text), recipe.align_batch, seed + 100)
 
     def loss(step: int) -> torch.Tensor:
         rows = next(order)
-        batch = speech_batch(sset, rows, [seqs[r] for r in rows], pad)
-        logits = logits_of(model, batch)
-        total = weighted_nll(logits, batch["labels"], batch["weights"])
-        if recipe.distill_weight > 0:
-            text_batch = collate([teacher[r] for r in rows], pad)
-            with torch.no_grad():
-                target = logits_of(model, text_batch)
-            total = total + recipe.distill_weight * distill_kl(logits, batch["weights"], target, text_batch["weights"])
+        total = sequence_loss(model, speech_batch(sset, rows, [seqs[r] for r in rows], pad))
         if strategy == "full" and recipe.replay_weight > 0:
             total = total + recipe.replay_weight * sequence_loss(model, collate([text[i] for i in next(replay)], pad))
         return total
