@@ -127,3 +127,14 @@ def test_unaligned_speech_fraction_on_a_constructed_signal():
 def test_silent_recording_is_rejected():
     with pytest.raises(AlignmentError, match="silent"):
         PocketsphinxAligner().align(np.zeros(16000, np.float32), ["hello", "there"])
+
+
+def test_alignment_does_not_depend_on_earlier_utterances():
+    tts = EspeakTTS("en-us+f3", 185, 50)
+    texts = ["yellow black how many colours", "which is bigger fourteen or eighteen", "what is one plus one"]
+    speech = [tts.synthesize(t) for t in texts]
+    fresh = PocketsphinxAligner().align(speech[0].audio, words_of(texts[0]))
+    used = PocketsphinxAligner()
+    for s, t in zip(speech[1:], texts[1:]):
+        used.align(s.audio, words_of(t))
+    assert used.align(speech[0].audio, words_of(texts[0])) == fresh

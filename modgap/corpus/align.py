@@ -98,6 +98,9 @@ class PocketsphinxAligner:
         pcm = (np.clip(audio + noise, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         d = self._decoder
         try:
+            # Feature state (live CMN, noise estimate) carries over between utterances, so a word's timing depended
+            # on which items this worker aligned before; resetting it makes every alignment a function of its input.
+            d.reinit_feat()
             d.set_align_text(" ".join(flat))
             d.start_utt()
             d.process_raw(pcm, full_utt=True)
