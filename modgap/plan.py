@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from modgap.paths import LAB, SHIPPED
 from modgap.store import estimate_bytes
 
 
@@ -54,11 +55,11 @@ def shard_count(n_items: int, shard_items: int, max_items: int | None = None) ->
 def hidden_size(run: ModelRun) -> tuple[int, int] | None:
     """(decoder layers, hidden size) from the run's config.json, or None when it is not on disk (hub ids).
 
-    A lab checkpoint not trained yet is looked up among the shipped ones (lab/checkpoints/<strategy>/step<N>).
+    A lab checkpoint not trained yet is looked up among the shipped ones (SHIPPED/<strategy>/step<N>).
     """
     folders = [Path(run.path)]
     if run.lab_strategy:
-        folders.append(Path("lab/checkpoints") / Path(run.path).relative_to("results/lab"))
+        folders.append(Path(SHIPPED) / Path(run.path).relative_to(LAB))
     for folder in folders:
         if (folder / "config.json").is_file():
             cfg = json.loads((folder / "config.json").read_text())

@@ -3,6 +3,7 @@ import functools
 
 from modgap.corpus.build import NATIVE_VOICE
 from modgap.corpus.datasets import load_items
+from modgap.paths import CORPUS_TABLE, LAB, SHIPPED
 
 CORPUS = "results/corpus/{dataset}/{split}"
 LOGS = "results/logs"
@@ -33,7 +34,7 @@ def split_rate(split):
 def corpus_tables(dataset):
     """{"split/voice": items.parquet} for every voiced split of a dataset."""
     return {
-        f"{split}/{voice}": f"{CORPUS}/{voice}/items.parquet".format(dataset=dataset, split=split)
+        f"{split}/{voice}": CORPUS_TABLE.format(dataset=dataset, split=split, voice=voice)
         for split in dataset_spec(dataset)["splits"]
         for voice in voices(dataset, split)
     }

@@ -50,7 +50,7 @@ rule corpus_align:
         table=f"{CORPUS}/{{voice}}/speech.parquet",
         audio=f"{CORPUS}/{{voice}}/audio",
     output:
-        f"{CORPUS}/{{voice}}/items.parquet",
+        CORPUS_TABLE,
     params:
         align={k: v for k, v in config["align"].items() if k != "agreement_ms"},
     threads: config["corpus"]["workers"]

@@ -1,7 +1,7 @@
 # Lab speech LLM: text LM -> encoder CTC -> alignment per strategy, or the shipped checkpoints; then accuracy.
 # lab.source: train = always train; shipped = import lab/checkpoints (fails if its fingerprint differs from the
 # current recipe + training data); auto = shipped when the fingerprints match, else train.
-from modgap.lab.workflow import LAB, SHIPPED, lab_plan
+from modgap.lab.workflow import lab_plan
 
 LAB_PLAN = lab_plan(config, root=workflow.basedir)
 LAB_RECIPE = LAB_PLAN.recipe.to_dict()

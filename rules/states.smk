@@ -43,7 +43,7 @@ if workflow.output_settings.dryrun:
             {
                 f"{d}/{v}": (
                     split_size(d, "test"),
-                    f"results/corpus/{d}/test/{v}/items.parquet",
+                    CORPUS_TABLE.format(dataset=d, split="test", voice=v),
                     dataset_spec(d)["style"],
                 )
                 for d in states_datasets()
@@ -58,7 +58,7 @@ if workflow.output_settings.dryrun:
 
 rule states_dump:
     input:
-        table="results/corpus/{dataset}/test/{voice}/items.parquet",
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
         model=lambda wc: model_input(wc.model),
     output:
         directory(f"{STATES}/shard{{shard}}.zarr"),

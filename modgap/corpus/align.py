@@ -8,9 +8,8 @@ import numpy as np
 from pocketsphinx import Decoder
 
 from modgap.corpus.normalize import spoken_words
-from modgap.corpus.timing import WordTiming
+from modgap.corpus.timing import SAMPLE_RATE, WordTiming
 
-SAMPLE_RATE = 16000
 _FRAME_MS = 10.0  # pocketsphinx: 100 frames/s
 _FRAME = int(SAMPLE_RATE * _FRAME_MS / 1000)
 # Std of a fixed-seed Gaussian dither (full scale 1.0). TTS audio has exact digital zeros in its

@@ -15,8 +15,8 @@ from pocketsphinx import Decoder
 
 from modgap.corpus.items import words_of
 from modgap.corpus.normalize import spoken_words
+from modgap.corpus.timing import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 
 
 class Recognizer(Protocol):

@@ -20,8 +20,8 @@ from modgap.corpus.align import AlignmentError, PocketsphinxAligner
 from modgap.corpus.asr import make_recognizer, word_error_rate
 from modgap.corpus.datasets import load_items
 from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
-from modgap.corpus.timing import WordTiming
-from modgap.corpus.tts import SAMPLE_RATE, EspeakTTS, TTSError
+from modgap.corpus.timing import SAMPLE_RATE, WordTiming
+from modgap.corpus.tts import EspeakTTS, TTSError
 
 
 NATIVE_VOICE = "native"

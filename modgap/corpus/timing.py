@@ -1,7 +1,9 @@
-"""Word timings shared by the TTS engine and the forced aligner."""
+"""Word timings, and the sample rate every recording is stored and read at, shared by TTS, aligner and models."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+SAMPLE_RATE = 16000  # Hz: corpus FLAC files, the aligner and every speech LLM front end
 
 
 @dataclass(frozen=True)

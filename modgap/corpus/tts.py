@@ -21,9 +21,8 @@ import numpy as np
 import soxr
 
 from modgap.corpus.items import _WORD
-from modgap.corpus.timing import WordTiming
+from modgap.corpus.timing import SAMPLE_RATE, WordTiming
 
-SAMPLE_RATE = 16000
 _SYNCHRONOUS, _PHONEME_EVENTS, _POS_CHARACTER, _CHARS_UTF8 = 2, 1, 1, 1
 _PARAM_RATE, _PARAM_PITCH = 1, 3
 _EV_WORD, _EV_END, _EV_PHONEME = 1, 5, 7

@@ -10,10 +10,10 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from modgap.corpus.timing import SAMPLE_RATE
 from modgap.lab.recipe import Recipe
 from modgap.lab.tokenizer import AUDIO, IM_END
 
-SAMPLE_RATE = 16000
 HOP = 160  # 100 mel frames per second
 
 # One template for both conditions: the user turn holds the audio (S) or the transcript (T), nothing else, so the

@@ -5,10 +5,7 @@ from dataclasses import dataclass
 
 from modgap.lab.build import checkpoint_name, fingerprint, shipped_fingerprint
 from modgap.lab.recipe import Recipe, get_recipe
-
-CORPUS = "results/corpus/{dataset}/{split}/{voice}/items.parquet"
-LAB = "results/lab"
-SHIPPED = "lab/checkpoints"
+from modgap.paths import CORPUS_TABLE, LAB, SHIPPED
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ def lab_plan(config: dict, root: str = ".") -> LabPlan:
         data_spec=data_spec,
         world_seed=spec["seed"],
         strategies=list(lab["strategies"]),
-        train_tables=[CORPUS.format(dataset=name, split="train", voice=v) for v in train_voices],
-        test_table=CORPUS.format(dataset=name, split="test", voice=test_voice),
+        train_tables=[CORPUS_TABLE.format(dataset=name, split="train", voice=v) for v in train_voices],
+        test_table=CORPUS_TABLE.format(dataset=name, split="test", voice=test_voice),
         shipped=shipped,
     )

@@ -25,12 +25,12 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.cache_utils import Cache, DynamicCache
 
+from modgap.corpus.timing import SAMPLE_RATE
 from modgap.corpus.items import LETTERS, Item, Style, spoken_text, words_of
 
 Condition = Literal["S", "T"]
 LongAudio = Literal["reject", "window"]
 Norm = Literal["none", "tokens", "chars"]
-SAMPLE_RATE = 16000
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LONG_AUDIO = ("reject", "window")
 NORMS = ("none", "tokens", "chars")
