@@ -17,6 +17,7 @@ import soxr
 from tqdm import tqdm
 
 from modgap.corpus.align import AlignmentError, PocketsphinxAligner
+from modgap.atomic import atomic_path, write_parquet, write_text
 from modgap.corpus.asr import make_recognizer, word_error_rate
 from modgap.corpus.datasets import load_items
 from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
@@ -25,19 +26,6 @@ from modgap.corpus.tts import EspeakTTS, TTSError
 
 
 NATIVE_VOICE = "native"
-
-
-def atomic_path(path: str | Path) -> Path:
-    """A sibling temporary path; rename it onto `path` when the write is complete."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.partial")
-
-
-def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a table atomically (temporary file, then rename)."""
-    tmp = atomic_path(path)
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
 
 
 def write_split(name: str, spec: dict, split: str, out_jsonl: str | Path, root: str | Path = ".") -> int:
@@ -253,7 +241,7 @@ def summarize_split(df: pd.DataFrame, tolerance_ms: float) -> dict:
 def write_summary(tables: dict[str, str], out_json: str | Path, out_md: str | Path, tolerance_ms: float) -> dict:
     """Summarise every `split/voice` table of a dataset as JSON and a Markdown table."""
     summary = {key: summarize_split(pd.read_parquet(path), tolerance_ms) for key, path in tables.items()}
-    Path(out_json).write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(json.dumps(summary, indent=2) + "\n", out_json)
     lines = [
         "| split/voice | items | ok | excluded | audio (s) | agreement median / p90 / max (ms) | within tol. |",
         "|---|---|---|---|---|---|---|",

@@ -1,0 +1,153 @@
+"""The metrics stage driver on constructed stores whose answers are known: speech positions repeat their text token's
+vector (plus noise) for a known stretch of 40 ms positions, so every path, hit rate and CKA diagonal is known."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from modgap.config import validate_config
+from modgap.metrics.stage import dtw_configs, run_metrics
+from modgap.store import CondBatch, StoreWriter
+
+LAYERS, D, MS = [0, 1, 2, 3], 16, 40.0
+ROTATIONS = torch.linalg.qr(torch.randn(len(LAYERS), D, D, generator=torch.Generator().manual_seed(1)))[0]
+OPTIONS = validate_config({"datasets": {"lab": {"source": "lab"}},
+                           "metrics": {"dtw": {"base_layer": 1},
+                                       "cka": {"stability": [{"base_layer": 2}, {"metric": "l2"}, {"band": 3}]}}}
+                          )["metrics"]
+
+
+def make_item(i: int, g: torch.Generator) -> dict:
+    """Text: 3-7 tokens, each one word. At each layer the tokens are distinct simplex vertices, centred then offset
+    a little (pairwise cosine < 0, so no DTW path gains by leaving its block), in a random order per item and layer, rotated per layer.
+    Speech: token j repeated k_j (2-5) times plus noise; position p spans [40p, 40p+40) ms, so word j spans its
+    block exactly."""
+    tt = int(torch.randint(3, 8, (), generator=g))
+    reps = torch.randint(2, 6, (tt,), generator=g)
+    vertices = torch.nn.functional.pad(torch.eye(tt) - 1 / tt, (0, D - tt)) + 0.03  # offset: a nonzero mean
+    ht = torch.stack([vertices[torch.randperm(tt, generator=g)] @ ROTATIONS[k] for k in range(len(LAYERS))])
+    hs = ht.repeat_interleave(reps, dim=1) + 0.02 * torch.randn(len(LAYERS), int(reps.sum()), D, generator=g)
+    ends = reps.cumsum(0).numpy() * MS
+    return {"id": f"q{i}", "hs": hs, "ht": ht, "word_T": np.arange(tt), "word_S": np.repeat(np.arange(tt), reps),
+            "spans": np.stack([np.r_[0.0, ends[:-1]], ends], axis=1), "correct": (i % 2, 1)}
+
+
+def write_store(path, items: list[dict]) -> str:
+    with StoreWriter(path, model="m", layers=LAYERS, d=D, n_options=2, dtype="float32", config_hash="h") as w:
+        for it in items:
+            ts = it["hs"].shape[1]
+            times = np.arange(ts) * MS
+            w.append([it["id"]], {
+                "S": CondBatch(it["hs"], [ts], np.arange(ts), [0], [it["correct"][0]], np.zeros((1, 2)),
+                               word=it["word_S"], start_ms=times, end_ms=times + MS),
+                "T": CondBatch(it["ht"], [it["ht"].shape[1]], np.arange(it["ht"].shape[1]), [0], [it["correct"][1]],
+                               np.zeros((1, 2)), word=it["word_T"]),
+            })
+    return str(path)
+
+
+def corpus(items: list[dict], shift_ms: float = 0.0) -> pd.DataFrame:
+    return pd.DataFrame({
+        "id": [it["id"] for it in items], "subject": ["s"] * len(items), "status": ["ok"] * len(items),
+        "start_ms": [list(it["spans"][:, 0] + shift_ms) for it in items],
+        "end_ms": [list(it["spans"][:, 1] + shift_ms) for it in items],
+    })
+
+
+def run(tmp_path, items, stores, shift_ms=0.0, options=OPTIONS, name="out"):
+    table = tmp_path / f"{name}.parquet"
+    corpus(items, shift_ms).to_parquet(table)
+    out = {k: tmp_path / f"{name}_{k}.{ext}" for k, ext in
+           [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json")]}
+    result = run_metrics(stores, table, options, "cpu", {"model": "m", "dataset": "d", "voice": "v"}, out)
+    return result, pd.read_parquet(out["item_metrics"]), pd.read_parquet(out["cka"]), pd.read_csv(out["readouts"])
+
+
+@pytest.fixture(scope="module")
+def items():
+    g = torch.Generator().manual_seed(0)
+    return [make_item(i, g) for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def one_shard(tmp_path_factory, items):
+    tmp = tmp_path_factory.mktemp("one")
+    return tmp, run(tmp, items, [write_store(tmp / "s0.zarr", items)])
+
+
+def test_known_alignment_is_recovered(one_shard, items):
+    _, (summary, table, _, _) = one_shard
+    assert len(table) == len(items) * len(LAYERS) and summary["n_items"] == len(items)
+    assert table["gt_hit_dtw"].min() == 1.0 and table["gt_hit_argmax"].min() == 1.0
+    assert table["mono_cos"].min() > 0.9 and table["mono_l2"].min() > 0.9
+    assert table["aps_cos"].min() > 0.99 and table["gt_miss_ms_argmax"].isna().all()
+    assert summary["speech_acc"] == 0.5 and summary["text_acc"] == 1.0
+
+
+def test_pooled_metrics_match_numpy(one_shard, items):
+    _, (_, table, _, _) = one_shard
+    for it in items[:5]:
+        ms, mt = it["hs"].numpy().mean(1), it["ht"].numpy().mean(1)  # [layers, d]
+        rows = table[table["id"] == it["id"]]
+        cos = (ms * mt).sum(1) / np.linalg.norm(ms, axis=1) / np.linalg.norm(mt, axis=1)
+        np.testing.assert_allclose(rows["cos"], cos, rtol=1e-5)
+        np.testing.assert_allclose(rows["l2"], np.linalg.norm(ms - mt, axis=1), rtol=1e-5)
+        np.testing.assert_allclose(rows["norm_T"], np.linalg.norm(it["ht"].numpy(), axis=2).mean(1), rtol=1e-5)
+
+
+def test_cka_diagonal_and_readouts(one_shard):
+    _, (summary, _, cka, readouts) = one_shard
+    default = cka[(cka["config"] == "base1-cos-bandnone") & (cka["estimator"] == "unbiased")]
+    m = default.pivot(index="speech_layer", columns="text_layer", values="cka").to_numpy()
+    assert np.diag(m).min() > 0.98 and (m - np.diag(np.diag(m))).max() < 0.5
+    r = readouts[(readouts["config"] == "base1-cos-bandnone") & (readouts["estimator"] == "biased")]
+    assert r["best_text_layer"].tolist() == LAYERS and (r["band_width"] == 1).all()
+    assert set(summary["cka_stability_vs_default"]) == {f"{c}/{e}" for c in ["base2-cos-bandnone",
+                                                                            "base1-l2-bandnone", "base1-cos-band3"]
+                                                        for e in ["biased", "unbiased"]}
+    assert min(summary["cka_stability_vs_default"].values()) > 0.99
+
+
+def test_metadata_records_every_option(one_shard):
+    tmp, _ = one_shard
+    meta = pd.read_parquet(tmp / "out_item_metrics.parquet").attrs["modgap"]
+    assert meta["options"] == json.loads(json.dumps(OPTIONS)) and meta["layers"] == LAYERS
+    assert [c["label"] for c in meta["dtw_configs"]][0] == "base1-cos-bandnone"
+    assert json.loads((tmp / "out_summary.json").read_text())["options"]["include_layer0"] is False
+
+
+def test_shards_stream_to_the_same_result(tmp_path, items, one_shard):
+    _, (_, table1, cka1, _) = one_shard
+    stores = [write_store(tmp_path / "a.zarr", items[:10]), write_store(tmp_path / "b.zarr", items[10:])]
+    _, table2, cka2, _ = run(tmp_path, items, stores)
+    pd.testing.assert_frame_equal(table1, table2, check_exact=False, rtol=1e-5)
+    assert np.abs(cka1["cka"].to_numpy() - cka2["cka"].to_numpy()).max() < 1e-6
+
+
+def test_shifted_truth_misses_by_the_shift(tmp_path, items):
+    """Word spans moved 1 s later than the audio: no path point is inside its word, and each misses by the distance
+    from its position's centre to the moved span."""
+    _, table, _, _ = run(tmp_path, items, [write_store(tmp_path / "s.zarr", items)], shift_ms=10_000.0)
+    assert table["gt_hit_dtw"].max() == 0.0 and table["gt_hit_argmax"].max() == 0.0
+    assert table["gt_miss_ms_argmax"].between(10_000 - 5 * MS, 10_000).all()
+
+
+def test_layer0_in_averages_only_when_asked(tmp_path, items, one_shard):
+    _, (summary, table, _, _) = one_shard
+    options = copy.deepcopy(OPTIONS) | {"include_layer0": True}
+    with_0, *_ = run(tmp_path, items, [write_store(tmp_path / "s.zarr", items)], options=options)
+    per_item = lambda t: t.groupby("id")["l2"].mean().mean()  # noqa: E731
+    assert summary["layer_averaged"]["l2"] == pytest.approx(per_item(table[table["layer"] != 0]))
+    assert with_0["layer_averaged"]["l2"] == pytest.approx(per_item(table))
+
+
+def test_base_layer_capped_and_unstored_layer_named():
+    configs = dtw_configs(OPTIONS | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}, LAYERS)
+    assert configs[0].base_layer == 3 and configs[0].base == 3
+    with pytest.raises(ValueError, match="metrics.dtw.base_layer: layer 1 is not stored"):
+        dtw_configs(OPTIONS, [0, 2, 4])
