@@ -1,0 +1,29 @@
+# Stats: do the metrics predict the gap? One job per (dataset, voice) over every model's metrics table.
+STATS = "results/stats/{dataset}/{voice}"
+STAT_TABLES = ["points", "fits", "item_layer", "item_layer_by_model", "logistic", "subjects", "within_subject"]
+
+
+def stats_targets():
+    return [f"{STATS}/headline.json".format(dataset=d, voice=v) for d in states_datasets() for v in voices(d, "test")]
+
+
+rule stats:
+    input:
+        expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
+    output:
+        tables=expand(f"{STATS}/{{table}}.csv", table=STAT_TABLES, allow_missing=True),
+        markdown=f"{STATS}/tables.md",
+        headline=f"{STATS}/headline.json",
+    params:
+        models=list(MODELS),
+        options=config["stats"],
+        include_layer0=config["metrics"]["include_layer0"],
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        f"{LOGS}/stats/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/stats.py"
