@@ -1,0 +1,154 @@
+"""Hooks around a prompt forward, in the spirit of baukit's nethook: record or edit hidden state `layer` at given
+rows and positions of a (left-padded) `SpeechLM.prefill_batch`, with the handle always removed on exit.
+
+Edits apply to the prompt forward only: open the context around `prefill`/`prefill_batch` and score the options
+(`score_prefill`) after it has closed. Hidden state `layer` is whatever `SpeechLM.add_hook` sees there: layer 0 the
+merged input embeddings, layer l the output of decoder block l (for l = L before the final norm, unlike the last of
+`output_hidden_states`). An edit of question positions at layer L cannot change the scores (nothing reads them:
+the logits come from the last prompt position, the KV caches from layers < L); the driver refuses it.
+
+Rows and positions refer to the prompts as given: row g is `inputs[g]` and positions index its own, unpadded
+sequence. The hook maps them onto each forward call: `prefill_batch` left-pads every prompt to the longest of its
+call (padding = call width - prompt length), and families that cannot batch audio run one call per prompt; both are
+handled by counting rows across calls.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from modgap.models.base import Inputs, Prefill, SpeechLM
+
+
+@contextmanager
+def hooked(
+    adapter: SpeechLM, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None]
+) -> Iterator[RemovableHandle]:
+    """`adapter.add_hook(layer, fn)` for the duration of the block; removed in `finally`, also on exceptions."""
+    handle = adapter.add_hook(layer, fn)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+@dataclass
+class RowEdit:
+    """Replace hidden rows `positions` ([m] long, in the prompt's own sequence) of one prompt by `fn(h)`, where
+    h [m, d] are their current values at the hooked layer and the result is [m, d]."""
+
+    positions: torch.Tensor
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+class _RowCounter:
+    """Maps each hook call's batch rows to prompts (row offset across calls) and their left padding."""
+
+    def __init__(self, lengths: list[int]) -> None:
+        self.lengths, self.seen = lengths, 0
+
+    def rows(self, h: torch.Tensor) -> Iterator[tuple[int, int, int]]:
+        """(batch row, prompt index, padding) of each row of `h` [B, W, d]."""
+        b, width = h.shape[0], h.shape[1]
+        if self.seen + b > len(self.lengths):
+            raise RuntimeError(f"hook saw {self.seen + b} prompt rows, expected {len(self.lengths)}: "
+                               "was the context left open around a forward that is not the prompt's?")
+        for r in range(b):
+            g = self.seen + r
+            pad = width - self.lengths[g]
+            if pad < 0:
+                raise RuntimeError(f"hook saw a forward of width {width} for prompt {g} of length {self.lengths[g]}")
+            yield r, g, pad
+        self.seen += b
+
+    def check_done(self) -> None:
+        if self.seen != len(self.lengths):
+            raise RuntimeError(f"hook saw {self.seen} prompt rows, expected {len(self.lengths)}")
+
+
+def prompt_lengths(inputs: list[Inputs]) -> list[int]:
+    return [int(x.model_inputs["input_ids"].shape[1]) for x in inputs]
+
+
+@contextmanager
+def edit_rows(adapter: SpeechLM, layer: int, inputs: list[Inputs], edits: dict[int, RowEdit]) -> Iterator[None]:
+    """Edit hidden state `layer` during a forward of `inputs` (one `prefill_batch(inputs)` or `prefill` each, in
+    order): prompt g's rows `edits[g].positions` become `edits[g].fn(current rows)`; other prompts are untouched.
+
+    The hidden tensor is not modified in place: the hook returns an edited copy. The hook is removed on exit, also on
+    exceptions; on a normal exit it checks that exactly the prompts of `inputs` went through it.
+    """
+    counter = _RowCounter(prompt_lengths(inputs))
+
+    def fn(h: torch.Tensor) -> torch.Tensor | None:
+        out = None
+        for r, g, pad in counter.rows(h):
+            if g not in edits:
+                continue
+            e = edits[g]
+            pos = e.positions.to(h.device) + pad
+            new = e.fn(h[r, pos])
+            if new.shape != (len(pos), h.shape[-1]):
+                raise ValueError(f"edit of prompt {g} returned shape {tuple(new.shape)}, "
+                                 f"expected {(len(pos), h.shape[-1])}")
+            if out is None:
+                out = h.clone()
+            out[r, pos] = new.to(h.dtype)
+        return out
+
+    with hooked(adapter, layer, fn):
+        yield
+    counter.check_done()
+
+
+@contextmanager
+def record_rows(
+    adapter: SpeechLM, layers: list[int], inputs: list[Inputs], positions: list[torch.Tensor]
+) -> Iterator[list[torch.Tensor]]:
+    """Record hidden states `layers` at `positions[g]` of each prompt during a forward of `inputs`, unedited.
+
+    Yields a list that is filled on exit: per prompt a [len(layers), m_g, d] tensor (model dtype, on its device).
+    """
+    counters = {l: _RowCounter(prompt_lengths(inputs)) for l in layers}
+    got: dict[int, dict[int, torch.Tensor]] = {l: {} for l in layers}
+
+    def recorder(l: int) -> Callable[[torch.Tensor], None]:
+        def fn(h: torch.Tensor) -> None:
+            for r, g, pad in counters[l].rows(h):
+                got[l][g] = h[r, positions[g].to(h.device) + pad].detach().clone()
+        return fn
+
+    result: list[torch.Tensor] = []
+    handles = []
+    try:
+        for l in layers:
+            handles.append(adapter.add_hook(l, recorder(l)))
+        yield result
+    finally:
+        for handle in handles:
+            handle.remove()
+    for c in counters.values():
+        c.check_done()
+    result.extend(torch.stack([got[l][g] for l in layers]) for g in range(len(inputs)))
+
+
+def prefill_recorded(
+    adapter: SpeechLM, inputs: list[Inputs], layers: list[int]
+) -> tuple[list[Prefill], list[torch.Tensor | None]]:
+    """One unedited `prefill_batch(inputs)` and each prompt's span states at the hook points of `layers`:
+    per prompt [len(layers), n_span, d] (None when `layers` is empty)."""
+    if not layers:
+        return adapter.prefill_batch(inputs), [None] * len(inputs)
+    with record_rows(adapter, layers, inputs, [x.span for x in inputs]) as states:
+        prefills = adapter.prefill_batch(inputs)
+    return prefills, states
+
+
+def prefill_edited(adapter: SpeechLM, inputs: list[Inputs], layer: int, edits: dict[int, RowEdit]) -> list[Prefill]:
+    """`prefill_batch(inputs)` with `edits` applied at hidden state `layer` (options are then scored unedited)."""
+    with edit_rows(adapter, layer, inputs, edits):
+        return adapter.prefill_batch(inputs)

@@ -1,0 +1,88 @@
+"""Summaries of the per-item interventions table: accuracy, paired change against the baseline with an exact
+McNemar test, and the papers' table layouts (accuracies in percent, deltas in points)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.contingency_tables import mcnemar
+
+KEYS = ["label", "condition", "layer", "site", "select", "op", "metric", "select_layer", "r"]
+
+
+def mcnemar_exact(baseline_correct, correct) -> dict:
+    """Paired change of per-item correctness: fixed (wrong -> right), broken (right -> wrong), both right, both
+    wrong, and the exact McNemar p-value (binomial on the discordant pairs; 1.0 when there are none)."""
+    b0, b1 = np.asarray(baseline_correct, bool), np.asarray(correct, bool)
+    if b0.shape != b1.shape:
+        raise ValueError(f"paired correctness of different lengths: {b0.shape} vs {b1.shape}")
+    table = np.array([[np.sum(b0 & b1), np.sum(b0 & ~b1)], [np.sum(~b0 & b1), np.sum(~b0 & ~b1)]])
+    p = 1.0 if table[0, 1] + table[1, 0] == 0 else float(mcnemar(table, exact=True).pvalue)
+    return {"fixed": int(table[1, 0]), "broken": int(table[0, 1]), "both_right": int(table[0, 0]),
+            "both_wrong": int(table[1, 1]), "p_mcnemar": p}
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition (label): n_items, accuracy and baseline accuracy (fractions), delta (points), fixed,
+    broken and the exact McNemar p-value against the condition's baseline (S for edits and calibration, T for
+    redundancy; the S and T rows are their own baseline)."""
+    rows = []
+    for label, g in table.groupby("label", sort=False):
+        first = g.iloc[0]
+        acc, base = float(g["correct"].mean()), float(g["baseline_correct"].mean())
+        rows.append({**{k: first[k] for k in KEYS if k in g}, "n_items": len(g), "accuracy": acc,
+                     "baseline_accuracy": base, "delta": round(100 * (acc - base), 2),
+                     **mcnemar_exact(g["baseline_correct"], g["correct"])})
+    return pd.DataFrame(rows)
+
+
+def _percent(table: pd.DataFrame, mask: pd.Series) -> float:
+    sel = table.loc[mask.fillna(False).astype(bool), "correct"]
+    return round(100 * float(sel.mean()), 2) if len(sel) else float("nan")
+
+
+def _by_model(tables: dict[str, pd.DataFrame], columns: dict, name: str) -> pd.DataFrame:
+    out = pd.DataFrame([{c: _percent(t, f(t)) for c, f in columns.items()} for t in tables.values()],
+                       index=pd.Index(list(tables), name="model"))
+    out.columns.name = name
+    return out
+
+
+def p1_table(tables: dict[str, pd.DataFrame], layer: int = 0, k: int = 3) -> pd.DataFrame:
+    """P1's interventions table, accuracy in percent: rows = model (the dict keys, one per-item table each);
+    columns text, speech, angle bottom-k, angle all, length bottom-k, length all (edits at `layer`, selection by
+    cosine at the edited layer; NaN where a condition was not run)."""
+    def edit(op: str, select: str):
+        return lambda t: ((t["condition"] == "edit") & (t["op"] == op) & (t["select"] == select)
+                          & (t["layer"] == layer) & (t["metric"] == "cos") & (t["select_layer"] == layer))
+
+    columns = {"text": lambda t: t["condition"] == "T", "speech": lambda t: t["condition"] == "S"}
+    for op in ("angle", "length"):
+        for select in (f"bottom-{k}", "all"):
+            columns[f"{op} {select}"] = edit(op, select)
+    return _by_model(tables, columns, f"accuracy (%), edits at layer {layer}")
+
+
+def p2_calibration_table(tables: dict[str, pd.DataFrame], stats_mode: str = "per_dim") -> pd.DataFrame:
+    """P2's calibration table, accuracy in percent: rows = model; columns speech (baseline), input calibration
+    (layer 0), output calibration (last layer), text."""
+    def calib(site: str):
+        return lambda t: (t["condition"] == "calibration") & (t["site"] == site) & (t["op"] == stats_mode)
+
+    columns = {"speech": lambda t: t["condition"] == "S", "input calibration": calib("input"),
+               "output calibration": calib("output"), "text": lambda t: t["condition"] == "T"}
+    return _by_model(tables, columns, f"accuracy (%), {stats_mode} statistics")
+
+
+def redundancy_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Text redundancy curve: one row per (model, r) with accuracy (percent), delta against baseline T (points),
+    fixed, broken, exact McNemar p and n_items."""
+    rows = []
+    for model, t in tables.items():
+        red = t[t["condition"] == "redundancy"]
+        for r, g in red.groupby("r", sort=True):
+            acc, base = float(g["correct"].mean()), float(g["baseline_correct"].mean())
+            rows.append({"model": model, "r": int(r), "accuracy": round(100 * acc, 2),
+                         "delta": round(100 * (acc - base), 2), "n_items": len(g),
+                         **{k: v for k, v in mcnemar_exact(g["baseline_correct"], g["correct"]).items()
+                            if k in ("fixed", "broken", "p_mcnemar")}})
+    return pd.DataFrame(rows, columns=["model", "r", "accuracy", "delta", "n_items", "fixed", "broken", "p_mcnemar"])

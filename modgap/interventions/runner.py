@@ -1,0 +1,324 @@
+"""Interventions stage driver (no Snakemake): re-score corpus items under edits of the speech prompt's hidden states
+(P1's angle projection and length normalization, P2's moment calibration) and under text redundancy (P2).
+
+Per batch of items the driver runs one unedited forward per condition (S and T), which gives the baseline
+predictions and, through recording hooks, the span states the edits need; then one edited S forward per edit
+condition (options scored after the hook is gone), and one T forward per redundancy factor.
+
+Token selection (P1, open choices exposed): at the selection layer (default: the edited layer) the similarity matrix
+A = token_similarity(h^S, h^T, metric) gives the path i*_j (`alignment_path`) and its values A[i*_j, j]
+(`path_values`). "bottom-k" picks the k text tokens of lowest path similarity (for metric "l2", where values are
+distances, the k largest distances), "all" every text token. Speech position i*_j is edited with
+op(h^S_{i*_j}, h^T_j) at the edited layer. When several selected text tokens map to the same speech position, the
+first in text order wins (the lowest j): each speech position is edited once, with one text target, so the op's
+norm and direction properties hold exactly; `n_edited` records how many positions were edited.
+
+Edit sites: hidden state l at the hook point of `SpeechLM.add_hook` (0 = input embeddings, l = output of block l,
+both equal to `output_hidden_states[l]` for l < L). "input" is layer 0 and "output" is layer L - 1, the last one
+whose edit can reach the answer (see `resolve_layer`). Recorded states, selection and calibration statistics all
+come from the same hook points, so they are in the space that is edited.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from modgap.corpus.items import Item
+from modgap.interventions.calibration import STATS_MODES, CalibrationStats, MomentStats, check_held_out
+from modgap.interventions.hooks import RowEdit, prefill_edited, prefill_recorded
+from modgap.interventions.ops import OPS, moment_calibration
+from modgap.interventions.redundancy import redundant_item
+from modgap.metrics import alignment_path, bottom_k_tokens, path_values, token_similarity
+from modgap.metrics.moments import MomentAccumulator
+from modgap.models.base import Inputs, Scores, SpeechLM
+
+Row = tuple[Item, str, np.ndarray]  # (item, audio path, word spans [W, 2] ms), as `modgap.states.corpus_items` gives
+METRICS = ("cos", "l2")
+_SELECT = re.compile(r"^(?:all|bottom-(\d+))$")
+COLUMNS = [
+    "id", "condition", "label", "layer", "site", "select", "op", "metric", "select_layer", "r", "prediction",
+    "correct", "baseline_prediction", "baseline_correct", "n_edited", "loglik", "baseline_loglik",
+]
+
+
+def resolve_layer(layer: int | str, n_layers: int, editable: bool = True) -> int:
+    """The hidden-state index an edit is made at: 0..n_layers - 1, "input" (0) or "output" (n_layers - 1).
+
+    Layer n_layers (the output of the last decoder block) is refused: the option scores read the next-token logits
+    at the last prompt position and attend to KV caches computed from layers < n_layers, so editing question
+    positions there provably changes nothing. The last layer whose edit can reach the answer is n_layers - 1, the
+    input of the last block; "output" names it. With `editable=False` (a selection layer, never edited) layer
+    n_layers is accepted. ValueError naming the layer and the valid range otherwise.
+    """
+    if layer == "input":
+        return 0
+    if layer == "output":
+        return n_layers - 1
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n_layers:
+        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{n_layers}; edits can be made at "
+                         f"0..{n_layers - 1} (or 'input' = 0, 'output' = {n_layers - 1})")
+    if layer == n_layers and editable:
+        raise ValueError(f"layer {layer} is the output of the last decoder block: editing question positions there "
+                         "cannot change the option scores (the logits are read at the last prompt position); edits "
+                         f"can be made at 0..{n_layers - 1} ('output' = {n_layers - 1}, the last block's input)")
+    return int(layer)
+
+
+def _site(layer: int, n_layers: int) -> str:
+    return "input" if layer == 0 else "output" if layer == n_layers - 1 else "block"
+
+
+@dataclass(frozen=True)
+class Edit:
+    """P1 edit: `op` ("angle" | "length") on the speech positions matched to the selected text tokens at `layer`.
+
+    select: "all" or "bottom-<k>" (e.g. "bottom-3"); metric and select_layer choose the token selection (cosine at
+    the edited layer by default).
+    """
+
+    op: str
+    select: str
+    layer: int | str = 0
+    metric: str = "cos"
+    select_layer: int | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r} (known: {', '.join(OPS)})")
+        m = _SELECT.match(str(self.select))
+        if not m or (m.group(1) is not None and int(m.group(1)) < 1):
+            raise ValueError(f"unknown select {self.select!r} (expected 'all' or 'bottom-<k>' with k >= 1)")
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown selection metric {self.metric!r} (known: {', '.join(METRICS)})")
+
+    @property
+    def k(self) -> int | None:
+        m = _SELECT.match(self.select)
+        return None if m.group(1) is None else int(m.group(1))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P2 moment calibration of the whole speech span at `layer` (0 / "input", L - 1 / "output", or any block
+    between; see `resolve_layer` for why not L)."""
+
+    layer: int | str = "input"
+    stats_mode: str = "per_dim"
+
+    def __post_init__(self) -> None:
+        if self.stats_mode not in STATS_MODES:
+            raise ValueError(f"unknown stats_mode {self.stats_mode!r} (known: {', '.join(STATS_MODES)})")
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    """P2 text redundancy: condition T with every question word repeated `r` times."""
+
+    r: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r < 1:
+            raise ValueError(f"redundancy factor must be an integer >= 1, got {self.r!r}")
+
+
+Condition = Union[Edit, Calibration, Redundancy]
+
+
+def conditions_from_config(section: dict) -> list[Condition]:
+    """The conditions of a config `interventions` section (keys optional; defaults in brackets):
+
+    layers [[0]], ops [[angle, length]], select [[bottom-k, all]] ("bottom-k" takes `k` [3]), metric ["cos"],
+    select_layer [null: the edited layer], calibration [[input, output]], stats_mode ["per_dim"],
+    redundancy [[1, 2, 4, 8]].
+    """
+    known = {"layers", "ops", "select", "k", "metric", "select_layer", "calibration", "stats_mode", "redundancy"}
+    if unknown := set(section) - known:
+        raise ValueError(f"unknown interventions key(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(known))})")
+    k = section.get("k", 3)
+    selects = [f"bottom-{k}" if s == "bottom-k" else s for s in section.get("select", ["bottom-k", "all"])]
+    out: list[Condition] = [
+        Edit(op, s, layer, section.get("metric", "cos"), section.get("select_layer"))
+        for layer in section.get("layers", [0]) for op in section.get("ops", ["angle", "length"]) for s in selects
+    ]
+    mode = section.get("stats_mode", "per_dim")
+    out += [Calibration(site, mode) for site in section.get("calibration", ["input", "output"])]
+    out += [Redundancy(int(r)) for r in section.get("redundancy", [1, 2, 4, 8])]
+    return out
+
+
+# --- pure planning ---------------------------------------------------------------------------------------------------
+def select_edits(
+    sel_s: torch.Tensor, sel_t: torch.Tensor, select: str, metric: str = "cos", item_id: str = "?"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which speech positions to edit, and with which text token: (i [m], j [m]) indices into the spans.
+
+    sel_s [Ts, d], sel_t [Tt, d]: span states at the selection layer. Each speech position appears once (first
+    selected text token in text order wins).
+    """
+    k = Edit("angle", select, metric=metric).k
+    n_text = sel_t.shape[0]
+    if k is not None and k > n_text:
+        raise ValueError(f"item {item_id}: bottom-k with k={k} but its text span has only {n_text} tokens")
+    a = token_similarity(sel_s[None], sel_t[None], metric)  # [1, Ts, Tt]
+    path = alignment_path(a, metric)  # [1, Tt]
+    if k is None:
+        j = torch.arange(n_text)
+    else:
+        values = path_values(a, path)
+        j = bottom_k_tokens(values if metric == "cos" else -values, k)[0].sort().values.cpu()
+    i = path[0].cpu()[j]
+    _, first = np.unique(i.numpy(), return_index=True)  # first occurrence in text order of each speech position
+    keep = torch.from_numpy(np.sort(first))
+    return i[keep], j[keep]
+
+
+# --- forwards --------------------------------------------------------------------------------------------------------
+def _speech_inputs(adapter: SpeechLM, row: Row) -> Inputs:
+    item, audio, spans = row
+    return adapter.speech_inputs(item, sf.read(audio, dtype="float32")[0], spans)
+
+
+def fit_calibration(
+    adapter: SpeechLM, rows: list[Row], style: str, layers: list[int | str], batch_items: int = 8
+) -> dict[int, CalibrationStats]:
+    """Moment statistics of the S and T span states of the calibration `rows` at each of `layers` (resolved index
+    -> stats), from unedited forwards, streamed through `MomentAccumulator` (float64, sample std)."""
+    idx = sorted({resolve_layer(l, adapter.n_layers) for l in layers})
+    acc = {c: MomentAccumulator((len(idx), adapter.hidden_size)) for c in "ST"}
+    for start in range(0, len(rows), batch_items):
+        batch = rows[start : start + batch_items]
+        for c, inputs in (("S", [_speech_inputs(adapter, r) for r in batch]),
+                          ("T", [adapter.text_inputs(r[0], style) for r in batch])):
+            _, states = prefill_recorded(adapter, inputs, idx)
+            for h in states:  # [len(idx), n, d]
+                acc[c].update(h)
+    ids = tuple(r[0].id for r in rows)
+    return {l: CalibrationStats(l, MomentStats.of(acc["S"], n), MomentStats.of(acc["T"], n), ids)
+            for n, l in enumerate(idx)}
+
+
+def _row(item: Item, scores: Scores, base: Scores, n_layers: int, **fields) -> dict:
+    layer = fields.get("layer")
+    row = {
+        "id": item.id, "site": "none" if layer is None else _site(layer, n_layers), "select": "none", "op": "none",
+        "metric": None, "select_layer": None, "r": None, "layer": None, "n_edited": 0, **fields,
+        "prediction": scores.pred, "correct": int(scores.pred == item.answer),
+        "baseline_prediction": base.pred, "baseline_correct": int(base.pred == item.answer),
+        "loglik": scores.logliks.tolist(), "baseline_loglik": base.logliks.tolist(),
+    }
+    return row
+
+
+def _label(cond: Condition, layer: int | None = None, select_layer: int | None = None) -> str:
+    """The condition's name in the table: "angle bottom-3 @0" (selection other than cosine at the edited layer:
+    "angle bottom-3 @0 [l2@5]"), "calibration per_dim @0", "redundancy r=2"."""
+    if isinstance(cond, Edit):
+        extra = "" if cond.metric == "cos" and select_layer == layer else f" [{cond.metric}@{select_layer}]"
+        return f"{cond.op} {cond.select} @{layer}{extra}"
+    if isinstance(cond, Calibration):
+        return f"calibration {cond.stats_mode} @{layer}"
+    return f"redundancy r={cond.r}"
+
+
+def run_conditions(
+    adapter: SpeechLM,
+    rows: list[Row],
+    style: str,
+    norm: str,
+    conditions: list[Condition],
+    calibration_rows: list[Row] | None = None,
+    batch_items: int = 8,
+) -> pd.DataFrame:
+    """Re-score every row under every condition; returns the per-item table (`COLUMNS`), baselines included as
+    conditions "S" and "T".
+
+    Edit and Calibration rows compare with the unedited S prediction, Redundancy rows with the baseline T
+    prediction (r = 1 reproduces it exactly). Calibration statistics are fitted on `calibration_rows`, which must
+    not share an item id with `rows` (ValueError naming them).
+    """
+    if not rows:
+        raise ValueError("no items to run interventions on")
+    n_layers = adapter.n_layers
+    items = [r[0] for r in rows]
+    edits = [(c, resolve_layer(c.layer, n_layers),
+              resolve_layer(c.layer if c.select_layer is None else c.select_layer, n_layers, editable=False))
+             for c in conditions if isinstance(c, Edit)]
+    calibs = [(c, resolve_layer(c.layer, n_layers)) for c in conditions if isinstance(c, Calibration)]
+    redundancy = list(dict.fromkeys(c for c in conditions if isinstance(c, Redundancy)))
+    edits = list({_label(c, l, s): (c, l, s) for c, l, s in edits}.values())  # one run per distinct condition
+    calibs = list({_label(c, l): (c, l) for c, l in calibs}.values())
+    if unknown := [c for c in conditions if not isinstance(c, (Edit, Calibration, Redundancy))]:
+        raise ValueError(f"unknown condition(s) {unknown}")
+    ks = [c.k for c, *_ in edits if c.k is not None]
+    if ks:
+        k = max(ks)
+        short = [(it.id, len(adapter.text_inputs(it, style).span)) for it in items]
+        short = [(i, n) for i, n in short if n < k]
+        if short:
+            raise ValueError(f"bottom-k with k={k} is larger than the text span of item(s) "
+                             + ", ".join(f"{i} ({n} tokens)" for i, n in short))
+    stats: dict[int, CalibrationStats] = {}
+    if calibs:
+        if calibration_rows is None:
+            raise ValueError("calibration conditions need calibration_rows (a held-out calibration split)")
+        check_held_out([r[0].id for r in calibration_rows], [it.id for it in items])
+        stats = fit_calibration(adapter, calibration_rows, style, [l for _, l in calibs], batch_items)
+    record = sorted({l for _, l, _ in edits} | {l for _, _, l in edits})
+
+    out: list[dict] = []
+    for start in tqdm(range(0, len(rows), batch_items), desc="interventions", unit="batch", mininterval=5):
+        batch = rows[start : start + batch_items]
+        its = items[start : start + batch_items]
+        s_in = [_speech_inputs(adapter, r) for r in batch]
+        t_in = [adapter.text_inputs(it, style) for it in its]
+        pre_s, rec_s = prefill_recorded(adapter, s_in, record)
+        pre_t, rec_t = prefill_recorded(adapter, t_in, record)
+        base_s = [adapter.score_prefill(p, it, style, norm) for p, it in zip(pre_s, its)]
+        base_t = [adapter.score_prefill(p, it, style, norm) for p, it in zip(pre_t, its)]
+        for it, s, t in zip(its, base_s, base_t):
+            out.append(_row(it, s, s, n_layers, condition="S", label="S"))
+            out.append(_row(it, t, t, n_layers, condition="T", label="T"))
+        del pre_s, pre_t
+
+        for cond, layer, sel_layer in edits:
+            op = OPS[cond.op]
+            at, sel_at = record.index(layer), record.index(sel_layer)
+            plan: dict[int, RowEdit] = {}
+            for g, (it, x, hs, ht) in enumerate(zip(its, s_in, rec_s, rec_t)):
+                i, j = select_edits(hs[sel_at], ht[sel_at], cond.select, cond.metric, it.id)
+                target = ht[at][j.to(ht.device)]
+                plan[g] = RowEdit(x.span[i], lambda h, target=target: op(h, target.to(h.dtype)))
+            pre = prefill_edited(adapter, s_in, layer, plan)
+            for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
+                out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="edit",
+                                label=_label(cond, layer, sel_layer), layer=layer, select=cond.select, op=cond.op,
+                                metric=cond.metric, select_layer=sel_layer, n_edited=len(plan[g].positions)))
+
+        for cond, layer in calibs:
+            params = stats[layer].params(cond.stats_mode)
+            plan = {g: RowEdit(x.span, lambda h, p=params: moment_calibration(h, *p)) for g, x in enumerate(s_in)}
+            pre = prefill_edited(adapter, s_in, layer, plan)
+            for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
+                out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="calibration",
+                                label=_label(cond, layer), layer=layer, select="span", op=cond.stats_mode,
+                                n_edited=len(s_in[g].span)))
+
+        for cond in redundancy:
+            rep = [redundant_item(it, int(cond.r)) for it in its]
+            pre = adapter.prefill_batch([adapter.text_inputs(it, style) for it in rep])
+            for it, p, b in zip(rep, pre, base_t):
+                out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="redundancy",
+                                label=_label(cond), op="repeat", r=int(cond.r)))
+
+    table = pd.DataFrame(out)[COLUMNS]
+    for col in ("layer", "select_layer", "r"):
+        table[col] = table[col].astype("Int64")
+    return table

@@ -1,0 +1,97 @@
+"""Interventions stage drivers: run every condition on one shard of one model (forward passes), then gather every
+model's shards into the papers' tables (no forward pass)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modgap.atomic import write_csv, write_parquet, write_text
+from modgap.interventions.report import p1_table, p2_calibration_table, redundancy_table, summarize
+from modgap.interventions.runner import conditions_from_config, run_conditions
+from modgap.plan import ModelRun
+from modgap.states import corpus_items, load_run, shard_of
+from modgap.stats import to_markdown
+
+log = logging.getLogger("modgap")
+RUNNER_KEYS = ("layers", "ops", "select", "k", "metric", "select_layer", "calibration", "stats_mode", "redundancy")
+
+
+def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | None, shard: int, states: dict,
+              section: dict, out_path: str | Path, device: str | None = None) -> pd.DataFrame:
+    """Re-score one shard of the test items under every configured condition; calibration statistics come from
+    the first `section["calib_items"]` usable items of `calib_table` (the held-out calibration split)."""
+    rows, style = shard_of(test_table, shard, states)
+    conditions = conditions_from_config({k: section[k] for k in RUNNER_KEYS})
+    calibration = None
+    if section["calibration"]:
+        if calib_table is None:
+            raise ValueError("config key interventions.calibration: the dataset has no calib split to fit the "
+                             "statistics on (add calib to its splits, or set interventions.calibration: [])")
+        calibration = corpus_items(pd.read_parquet(calib_table))[: section["calib_items"]]
+    adapter = load_run(run, device)
+    table = run_conditions(adapter, rows, style, states["norm"], conditions, calibration, section["batch_items"])
+    table.attrs["modgap"] = {"model": run.name, "shard": shard, "options": section, "output_layer": adapter.n_layers - 1,
+                             "duplicate_positions": "first selected text token wins"}
+    write_parquet(table, out_path)
+    return table
+
+
+def _paired_ci(fixed: int, broken: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wald interval of a paired difference in proportions, in points (Agresti, Categorical Data Analysis
+    10.1.1; statsmodels has no paired-proportion interval)."""
+    d = (fixed - broken) / n
+    se = np.sqrt(max(fixed + broken - n * d * d, 0.0)) / n
+    return 100 * (d - z * se), 100 * (d + z * se)
+
+
+def _plot_name(row: pd.Series) -> str:
+    """Condition names the figures use: speech, text, calib-input, calib-output, redundancy-r<r>, or the label."""
+    if row["condition"] in ("S", "T"):
+        return {"S": "speech", "T": "text"}[row["condition"]]
+    if row["condition"] == "calibration":
+        return f"calib-{row['site']}"
+    if row["condition"] == "redundancy":
+        return f"redundancy-r{row['r']}"
+    return row["label"]
+
+
+def conditions_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (model, condition): accuracy (fraction), delta vs its baseline with a paired 95% CI (points),
+    exact McNemar p, fixed and broken counts, n_items."""
+    frames = []
+    for model, table in tables.items():
+        summary = summarize(table)
+        summary.insert(0, "model", model)
+        ci = [_paired_ci(r.fixed, r.broken, r.n_items) for r in summary.itertuples()]
+        summary["ci_lo"], summary["ci_hi"] = [c[0] for c in ci], [c[1] for c in ci]
+        summary["name"] = summary.apply(_plot_name, axis=1)
+        frames.append(summary.rename(columns={"p_mcnemar": "mcnemar_p"}))
+    out = pd.concat(frames, ignore_index=True)
+    return out.rename(columns={"condition": "kind", "name": "condition"})
+
+
+def gather(shards: dict[str, list[str]], out_dir: str | Path, k: int, stats_mode: str) -> dict[str, pd.DataFrame]:
+    """Concatenate each model's shard tables and write items.parquet, conditions.csv, p1_table.csv,
+    calibration.csv, redundancy.csv and tables.md under `out_dir`."""
+    out = Path(out_dir)
+    tables = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in shards.items()}
+    if not tables:
+        raise ValueError("interventions: no model to gather (the models list is empty)")
+    results = {
+        "conditions": conditions_table(tables),
+        "p1_table": p1_table(tables, layer=0, k=k).reset_index(),
+        "calibration": p2_calibration_table(tables, stats_mode).reset_index(),
+        "redundancy": redundancy_table(tables),
+    }
+    write_parquet(pd.concat([t.assign(model=m) for m, t in tables.items()], ignore_index=True), out / "items.parquet")
+    n_items = max(t["id"].nunique() for t in tables.values())
+    markdown = [f"# Interventions: {len(tables)} models, {n_items} items each\n"]
+    for name, table in results.items():
+        write_csv(table, out / f"{name}.csv")
+        markdown.append(f"## {name}\n\n{to_markdown(table.drop(columns=['loglik'], errors='ignore'))}\n")
+    write_text("\n".join(markdown), out / "tables.md")
+    log.info("interventions of %d models gathered in %s", len(tables), out)
+    return results
