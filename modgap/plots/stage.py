@@ -1,0 +1,86 @@
+"""Plot stage drivers: read the cached tables (never a store, never a model), draw, save PNG and PDF.
+
+Each driver writes one figure family; `out` is a path stem, saved as `<out>.png` and `<out>.pdf`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, gap_scatter, intervention_bars,
+               item_distributions, layer_curves, path_stats, redundancy_curve, save, similarity_heatmap)
+
+FORMATS = ("png", "pdf")
+
+
+def _save(fig, out: str | Path) -> None:
+    save(fig, [f"{out}.{ext}" for ext in FORMATS])
+
+
+def metric_items(tables: Mapping[str, str | Path]) -> pd.DataFrame:
+    """Every model's metrics items table (one row per item and layer) with a `model` column."""
+    return pd.concat([pd.read_parquet(p).assign(model=m) for m, p in tables.items()], ignore_index=True)
+
+
+def plot_accuracy(accuracy_csv: str | Path, out: str | Path, style: dict) -> None:
+    _save(accuracy_bars(pd.read_csv(accuracy_csv), style=style), out)
+
+
+def plot_metrics(tables: Mapping[str, str | Path], out: Mapping[str, str | Path], options: dict, first_layer: int
+                 ) -> None:
+    """Layer curves, path statistics and per-item distributions (`out` keys layers, paths, items_cos, items_aps)."""
+    items = metric_items(tables)
+    boot, seed, style = options["bootstrap"], options["seed"], options["style"]
+    _save(layer_curves(items, n_boot=boot, seed=seed, style=style), out["layers"])
+    _save(path_stats(items, first_layer=first_layer, n_boot=boot, seed=seed, style=style), out["paths"])
+    for key, metric in (("items_cos", "cos"), ("items_aps", "aps_cos")):
+        _save(item_distributions(items, metric, first_layer=first_layer, seed=seed, style=style), out[key])
+
+
+def plot_gap(points_csv: str | Path, fits_csv: str | Path, out: str | Path, style: dict) -> None:
+    fits = pd.read_csv(fits_csv).rename(columns={"group": "strategy"})
+    _save(gap_scatter(pd.read_csv(points_csv), fits, style=style), out)
+
+
+def plot_cka(cka_parquet: str | Path, readouts_csv: str | Path, out: Mapping[str, str | Path], style: dict) -> None:
+    """The default configuration's matrix (biased and unbiased) and the stability small multiples (biased)."""
+    cka, readouts = pd.read_parquet(cka_parquet), pd.read_csv(readouts_csv)
+    default = cka.attrs["modgap"]["dtw_configs"][0]["label"]
+    for estimator in ("biased", "unbiased"):
+        _save(cka_heatmap(cka, readouts, default, estimator, style=style), out[estimator])
+    _save(cka_small_multiples(cka, readouts, "biased", style=style), out["grid"])
+
+
+def heatmap_stems(items: Sequence[str], layers: Sequence[int]) -> list[str]:
+    """File stems of one model's heatmaps, by item position and configured layer (`item1_layer-1`)."""
+    return [f"item{n}_layer{layer}" for n in range(len(items)) for layer in layers]
+
+
+def plot_heatmaps(npz: str | Path, model: str, layers: Sequence[int], outs: Sequence[str | Path], style: dict) -> None:
+    """One heatmap per chosen item and layer (`layers` as configured) of a `modgap.metrics.heatmap` file, in
+    `heatmap_stems` order."""
+    data = np.load(npz)
+    ids, drawn = [str(i) for i in data["ids"]], [int(x) for x in data["layers"]]
+    if len(drawn) != len(layers):
+        raise ValueError(f"{npz}: holds layers {drawn}, expected {len(layers)} ({list(layers)})")
+    for out, (item, at) in zip(outs, [(i, x) for i in ids for x in drawn], strict=True):
+        key = f"{item}/L{at}"
+        fig = similarity_heatmap(
+            data[f"{key}/sim"], data[f"{key}/argmax_path"], data[f"{key}/dtw_path"], data[f"{item}/speech_ms"],
+            data[f"{item}/text_words"], [str(w) for w in data[f"{item}/words"]], data[f"{item}/word_spans_ms"],
+            title=f"{model} · {item} · layer {at}", style=style)
+        _save(fig, out)
+
+
+def plot_interventions(conditions_csv: str | Path, redundancy_csv: str | Path, out: Mapping[str, str | Path],
+                       style: dict) -> None:
+    """Edit deltas, calibration and the redundancy curve (the redundancy table holds percent; figures take
+    fractions)."""
+    conditions = pd.read_csv(conditions_csv)
+    redundancy = pd.read_csv(redundancy_csv)
+    _save(intervention_bars(conditions, style=style), out["edits"])
+    _save(calibration_bars(conditions, style=style), out["calibration"])
+    _save(redundancy_curve(redundancy.assign(accuracy=redundancy["accuracy"] / 100), style=style), out["redundancy"])

@@ -1,0 +1,133 @@
+# Plots: figures from the cached tables only (never a store or a model), PNG and PDF, marked for the HTML report.
+# `snakemake figures` (make figures) re-plots; a plots option change reruns only these jobs.
+from modgap.plots.stage import heatmap_stems
+
+FIGURES = "results/figures/{dataset}/{voice}"
+PLOT_STYLE = config["plots"]["style"]
+HEATMAP = config["plots"]["heatmap"]
+
+
+def figure(stem, caption, category, subcategory=None):
+    """PNG (in the report, with its caption) and PDF of one figure."""
+    png = report(f"{stem}.png", caption=f"../workflow/report/{caption}.rst", category=category,
+                 subcategory=subcategory)
+    return [png, f"{stem}.pdf"]
+
+
+def heatmap_models():
+    return HEATMAP["models"] or list(MODELS)
+
+
+def heatmap_count():
+    return HEATMAP["items"] if isinstance(HEATMAP["items"], int) else len(HEATMAP["items"])
+
+
+def figure_targets():
+    per_voice = [
+        f"{FIGURES}/{name}.png"
+        for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "edits", "calibration", "redundancy"]
+    ]
+    per_voice += [f"{FIGURES}/cka/{{model}}_{kind}.png".replace("{model}", m) for m in MODELS
+                  for kind in ("biased", "unbiased", "grid")]
+    per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()
+                  for stem in heatmap_stems(range(heatmap_count()), HEATMAP["layers"])]
+    return ["results/figures/accuracy.png"] + [
+        t.format(dataset=d, voice=v) for t in per_voice for d in states_datasets() for v in voices(d, "test")
+    ]
+
+
+rule figures:
+    input:
+        figure_targets(),
+
+
+rule plot_accuracy:
+    input:
+        "results/states/accuracy.csv",
+    output:
+        figure("results/figures/accuracy", "fig_accuracy", "Accuracy"),
+    params:
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/accuracy.log",
+    script:
+        "../scripts/plots.py"
+
+
+rule plot_metrics:
+    input:
+        expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
+    output:
+        layers=figure(f"{FIGURES}/layers", "fig_layers", "Representations"),
+        paths=figure(f"{FIGURES}/paths", "fig_paths", "Alignment"),
+        items_cos=figure(f"{FIGURES}/items_cos", "fig_items", "Gap statistics"),
+        items_aps=figure(f"{FIGURES}/items_aps", "fig_items", "Gap statistics"),
+    params:
+        models=list(MODELS),
+        options=config["plots"],
+        first_layer=0 if config["metrics"]["include_layer0"] else 1,
+    log:
+        f"{LOGS}/plots/metrics/{{dataset}}/{{voice}}.log",
+    script:
+        "../scripts/plots.py"
+
+
+rule plot_gap:
+    input:
+        points=f"{STATS}/points.csv",
+        fits=f"{STATS}/fits.csv",
+    output:
+        figure(f"{FIGURES}/gap_scatter", "fig_gap", "Gap statistics"),
+    params:
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/gap/{{dataset}}/{{voice}}.log",
+    script:
+        "../scripts/plots.py"
+
+
+rule plot_cka:
+    input:
+        cka=f"{METRICS}/cka.parquet",
+        readouts=f"{METRICS}/cka_readouts.csv",
+    output:
+        biased=figure(f"{FIGURES}/cka/{{model}}_biased", "fig_cka", "Cross-layer CKA", "{model}"),
+        unbiased=figure(f"{FIGURES}/cka/{{model}}_unbiased", "fig_cka", "Cross-layer CKA", "{model}"),
+        grid=figure(f"{FIGURES}/cka/{{model}}_grid", "fig_cka_grid", "Cross-layer CKA", "{model}"),
+    params:
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/cka/{{dataset}}/{{voice}}/{{model}}.log",
+    script:
+        "../scripts/plots.py"
+
+
+rule plot_heatmaps:
+    input:
+        f"{METRICS}/heatmaps.npz",
+    output:
+        [path for stem in heatmap_stems(range(heatmap_count()), HEATMAP["layers"])
+         for path in figure(f"{FIGURES}/heatmaps/{{model}}/{stem}", "fig_heatmap", "Token alignment", "{model}")],
+    params:
+        layers=HEATMAP["layers"],
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/heatmaps/{{dataset}}/{{voice}}/{{model}}.log",
+    script:
+        "../scripts/plots.py"
+
+
+rule plot_interventions:
+    input:
+        conditions=f"{INTERVENTIONS}/conditions.csv",
+        redundancy=f"{INTERVENTIONS}/redundancy.csv",
+    output:
+        edits=figure(f"{FIGURES}/edits", "fig_edits", "Interventions"),
+        calibration=figure(f"{FIGURES}/calibration", "fig_calibration", "Interventions"),
+        redundancy=figure(f"{FIGURES}/redundancy", "fig_redundancy", "Interventions"),
+    params:
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/interventions/{{dataset}}/{{voice}}.log",
+    script:
+        "../scripts/plots.py"
