@@ -4,7 +4,7 @@ CORES ?= all
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: study test lab-train clean-venv
+.PHONY: study figures report test lab-train clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,8 +12,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The whole default study, then its HTML report (results/report.html).
 study: $(VENV)/.installed
 	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
+
+# Re-plot from the cached tables: no model forward, no metric recomputation.
+figures: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES) figures
+
+report: $(VENV)/.installed
+	$(VENV)/bin/snakemake --cores $(CORES) --report results/report.html
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

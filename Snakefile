@@ -18,6 +18,10 @@ include: "rules/common.smk"
 include: "rules/corpus.smk"
 include: "rules/lab.smk"
 include: "rules/states.smk"
+include: "rules/metrics.smk"
+include: "rules/stats.smk"
+include: "rules/interventions.smk"
+include: "rules/plots.smk"
 
 
 rule all:
@@ -26,3 +30,7 @@ rule all:
         corpus_targets(),
         f"{LAB}/accuracy.csv",
         "results/states/accuracy.csv",
+        metrics_summaries(),
+        stats_targets(),
+        interventions_targets(),
+        rules.figures.input,

@@ -6,7 +6,8 @@ Synthetic items (Ts 100-250 speech positions, Tt 15-40 text tokens; speech repea
 positions, plus noise and a shared offset, so cosines are mostly positive as in real models). Both sides start from
 the same per-item cos and L2 similarity matrices `[layers, Ts, Tt]` (`token_similarity`, untimed) and compute every
 (item, layer)'s argmax paths (cos and L2) and DTW path (on the cosine matrix):
-  ours: the DTW inputs padded into `[B * layers, Ts_max, Tt_max]` and one `dtw_paths` call (padding timed with it);
+  ours: the DTW inputs padded into `[B * layers, Ts_max, Tt_max]` (one copy per item) and one `dtw_paths` call
+        (padding timed with it);
         `alignment_path` per item on all layers at once (padding these costs more than it saves);
   baseline: a loop over items and layers, numpy argmax / argmin, and DTW as a plain Python dynamic program (same
             tie rule and band). It runs on the first `baseline-items` items only; its times are scaled to all items
@@ -57,14 +58,15 @@ def torch_argmax(matrices: Items) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def batched_dtw(matrices: Items, band: float | None) -> list[torch.Tensor]:
-    """DTW paths of every (item, layer) cosine matrix, item-major: padded into `[B * layers, Ts_max, Tt_max]`, one
-    `dtw_paths` call."""
-    ls = torch.tensor([cos.shape[1] for cos, _ in matrices]).repeat_interleave(len(matrices[0][0]))
-    lt = torch.tensor([cos.shape[2] for cos, _ in matrices]).repeat_interleave(len(matrices[0][0]))
-    sims = matrices[0][0].new_zeros(len(ls), int(ls.max()), int(lt.max()))
-    for b, cos in enumerate(layer for cos, _ in matrices for layer in cos):
-        sims[b, : cos.shape[0], : cos.shape[1]] = cos
-    return dtw_paths(sims, ls, lt, band)
+    """DTW paths of every (item, layer) cosine matrix, item-major: padded into `[B * layers, Ts_max, Tt_max]` (one
+    copy per item, all its layers at once), one `dtw_paths` call."""
+    layers = len(matrices[0][0])
+    ls = torch.tensor([cos.shape[1] for cos, _ in matrices]).repeat_interleave(layers)
+    lt = torch.tensor([cos.shape[2] for cos, _ in matrices]).repeat_interleave(layers)
+    sims = matrices[0][0].new_empty(len(matrices), layers, int(ls.max()), int(lt.max()))  # padding: any value
+    for k, (cos, _) in enumerate(matrices):
+        sims[k, :, : cos.shape[1], : cos.shape[2]] = cos
+    return dtw_paths(sims.flatten(0, 1), ls, lt, band)
 
 
 def python_dtw(sim: list[list[float]], band: float | None) -> list[tuple[int, int]]:

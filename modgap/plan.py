@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,24 @@ class ModelRun:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+LAB_MODEL = re.compile(r"^lab-(?P<strategy>.+)@step(?P<step>\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model as figures group it: lab checkpoints by training strategy and step; any other model is its own group."""
+
+    model: str
+    strategy: str
+    step: int | None
+
+
+def parse_model(model: str) -> Checkpoint:
+    """`lab-frozen@step50` -> (frozen, 50); any other name -> (name, None)."""
+    m = LAB_MODEL.match(model)
+    return Checkpoint(model, m["strategy"], int(m["step"])) if m else Checkpoint(model, model, None)
 
 
 def expand_models(models: dict, lab_checkpoints: dict[str, str]) -> dict[str, ModelRun]:

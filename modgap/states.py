@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from modgap.corpus.build import write_parquet
+from modgap.atomic import write_parquet
 from modgap.corpus.items import Item
 from modgap.models import load_adapter
 from modgap.models.base import Inputs, SpeechLM
@@ -139,21 +139,36 @@ def accuracy_table(predictions: pd.DataFrame, **labels: str) -> pd.DataFrame:
 
 
 
-def run_shard(run: ModelRun, items_table: str | Path, shard: int, states: dict, out_path: str | Path) -> pd.DataFrame:
-    """Dump one shard of a corpus items table for one model; `states` is the config's `states` section."""
+def shard_of(items_table: str | Path, shard: int, states: dict) -> tuple[list[tuple[Item, str, np.ndarray]], str]:
+    """The usable rows of one shard of a corpus items table, and the table's style; `states` is the config's
+    `states` section (shard size, item cap)."""
     table = pd.read_parquet(items_table)
     if states["max_items"] is not None:
         table = table.iloc[: states["max_items"]]
     rows = corpus_items(table.iloc[shard_rows(len(table), states["shard_items"], shard)])
     if not rows:
         raise ValueError(f"{items_table}: shard {shard} has no usable item (all excluded by the corpus stage)")
-    adapter = load_adapter(run.family, run.path, run.dtype, run.device, run.attn_implementation, run.long_audio)
+    return rows, table["style"].iloc[0]
+
+
+def load_run(run: ModelRun, device: str | None = None) -> SpeechLM:
+    """The adapter of a model run, on `device` (the GPU a job claimed, `modgap.devices.job_device`) or `run.device`."""
+    return load_adapter(run.family, run.path, run.dtype, device or run.device, run.attn_implementation, run.long_audio)
+
+
+def run_shard(run: ModelRun, items_table: str | Path, shard: int, states: dict, out_path: str | Path,
+              device: str | None = None) -> pd.DataFrame:
+    """Dump one shard of a corpus items table for one model; `states` is the config's `states` section.
+    `device` overrides `run.device` and is not part of the store's config hash, so a killed dump resumes on
+    another GPU."""
+    rows, style = shard_of(items_table, shard, states)
+    adapter = load_run(run, device)
     spec = StateSpec(
         layers=None if states["layers"] == "all" else tuple(states["layers"]), dtype=states["dtype"],
         bitround_bits=states["bitround_bits"], norm=states["norm"], batch_items=states["batch_items"],
     )
     digest = hashlib.sha256(json.dumps([run.to_dict(), states], sort_keys=True).encode()).hexdigest()[:12]
-    return dump_states(adapter, rows, table["style"].iloc[0], out_path, spec, run.name, config_hash=digest)
+    return dump_states(adapter, rows, style, out_path, spec, run.name, config_hash=digest)
 
 
 def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path) -> pd.DataFrame:

@@ -11,6 +11,10 @@ rule corpus_items:
         f"{CORPUS}/items.jsonl",
     params:
         spec=lambda wc: dataset_spec(wc.dataset),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     log:
         f"{LOGS}/corpus_items/{{dataset}}/{{split}}.log",
     benchmark:
@@ -80,6 +84,10 @@ rule corpus_summary:
     params:
         tables=lambda wc: corpus_tables(wc.dataset),
         tolerance_ms=config["align"]["agreement_ms"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     log:
         f"{LOGS}/corpus_summary/{{dataset}}.log",
     benchmark:

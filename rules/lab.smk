@@ -22,6 +22,10 @@ if LAB_PLAN.shipped:
         params:
             recipe=LAB_RECIPE,
             data=LAB_PLAN.data_spec,
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
         log:
             f"{LOGS}/lab_import/{{strategy}}.log",
         conda:
@@ -102,6 +106,10 @@ else:
             checkpoints=LAB_PLAN.checkpoints,
             recipe=LAB_RECIPE,
             data=LAB_PLAN.data_spec,
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
         log:
             f"{LOGS}/lab_export.log",
         conda:

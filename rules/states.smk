@@ -27,6 +27,11 @@ def model_input(model):
     return [f"{LAB}/{run.lab_strategy}"] if run.lab_strategy else []
 
 
+def shard_stores(wc):
+    """Every shard store of one (model, dataset, voice)."""
+    return expand(f"{STATES}/shard{{shard}}.zarr", shard=range(n_shards(wc.dataset)), allow_missing=True)
+
+
 def states_tables():
     return [
         f"{STATES}/accuracy.csv".format(model=m, dataset=d, voice=v)
@@ -67,9 +72,9 @@ rule states_dump:
         states=config["states"],
     threads: 1  # torch CPU threads spin-wait under contention: 2 threads ran 3-10x slower than 1 here
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wc: 2000 if MODELS[wc.model].lab_strategy else 32000,  # a 7-8B model passes through host memory
         runtime=120,
-        gpu=1,
+        gpu=lambda wc: int(MODELS[wc.model].device != "cpu"),  # the job takes a free GPU: modgap.devices.job_device
     log:
         f"{LOGS}/states_dump/{{model}}/{{dataset}}/{{voice}}/shard{{shard}}.log",
     benchmark:
@@ -82,10 +87,14 @@ rule states_dump:
 
 rule states_tables:
     input:
-        lambda wc: expand(f"{STATES}/shard{{shard}}.zarr", shard=range(n_shards(wc.dataset)), allow_missing=True),
+        shard_stores,
     output:
         predictions=f"{STATES}/predictions.parquet",
         accuracy=f"{STATES}/accuracy.csv",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     log:
         f"{LOGS}/states_tables/{{model}}/{{dataset}}/{{voice}}.log",
     benchmark:
@@ -101,6 +110,10 @@ rule states_accuracy:
         states_tables(),
     output:
         report("results/states/accuracy.csv", caption="../workflow/report/states_accuracy.rst", category="States"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     log:
         f"{LOGS}/states_accuracy.log",
     conda:

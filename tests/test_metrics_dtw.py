@@ -85,6 +85,25 @@ def test_dtw_paths_batched_equals_per_item(band):
         assert torch.equal(paths[b], dtw_path(sims[b, :ts, :tt], band))
 
 
+@pytest.mark.parametrize("band", [None, 0, 1.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtw_paths_repeated_shapes_match_reference(band, dtype):
+    """Items of equal shapes, adjacent, strided and scattered in the batch (each run is copied at once), in a
+    non-contiguous batch with garbage padding, against the plain dynamic program."""
+    g = torch.Generator().manual_seed(23)
+    shapes = [(9, 4), (4, 9), (6, 6), (1, 5), (7, 1)]
+    pick = [0, 0, 0, 1, 2, 1, 2, 1, 3, 0, 4, 4, 2, 3, 0, 1]
+    sims = torch.full((len(pick), 11, 10), float("nan"), dtype=dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    for b, shape in enumerate(pick):
+        ts, tt = shapes[shape]
+        sims[b, :ts, :tt] = random_sim(g, ts, tt, ties=b % 3 == 0).to(dtype)
+    lengths_s, lengths_t = zip(*(shapes[shape] for shape in pick))
+    paths = dtw_paths(sims, lengths_s, lengths_t, band)
+    for b, (ts, tt) in enumerate(zip(lengths_s, lengths_t)):
+        sim = sims[b, :ts, :tt].float().numpy()
+        assert [tuple(cell) for cell in paths[b].tolist()] == reference_dtw(sim, band)
+
+
 def test_dtw_paths_rejects_bad_arguments():
     sims = torch.zeros(2, 5, 4)
     with pytest.raises(ValueError, match="lengths"):

@@ -1,11 +1,11 @@
-"""End to end: the smoke study through the real Snakefile (corpus, lab, states), reruns, and bad-input behaviour."""
+"""End to end: the smoke study through the real Snakefile (corpus, lab, states, metrics), reruns, and bad-input behaviour."""
 import json
 
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_util import REPO, planned_jobs, snakemake, write_config
+from workflow_util import REPO, job_stats, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,61 @@ def test_lab_and_states_outputs(study):
     assert shards == ["accuracy.csv", "predictions.parquet", "shard0.zarr", "shard1.zarr"]
 
 
+def test_metrics_outputs(study):
+    workdir, _ = study
+    out = workdir / "results" / "metrics" / "lab-full@step10" / "lab" / "en-us+f3"
+    summary = json.loads((out / "summary.json").read_text())
+    items = pd.read_parquet(out / "items.parquet")
+    assert summary["n_items"] == 8 and items["id"].nunique() == 8
+    assert items["layer"].nunique() == len(summary["layers"]) and items["cos"].between(-1, 1).all()
+    assert items.attrs["modgap"]["options"]["dtw"]["base_layer"] == 5
+    assert (workdir / "results" / "logs" / "metrics" / "lab-full@step10" / "lab" / "en-us+f3.log").is_file()
+
+
+def test_stats_and_interventions_outputs(study):
+    workdir, _ = study
+    head = json.loads((workdir / "results" / "stats" / "lab" / "en-us+f3" / "headline.json").read_text())
+    assert head["n_checkpoints"] == 4 and head["n_items"] == 8 and set(head["groups"]) == {"frozen", "full", "all"}
+    out = workdir / "results" / "interventions" / "lab" / "en-us+f3"
+    conditions = pd.read_csv(out / "conditions.csv")
+    assert conditions["model"].nunique() == 4 and (conditions["n_items"] == 8).all()
+    assert {"speech", "text", "calib-input", "calib-output", "redundancy-r8"} <= set(conditions["condition"])
+    p1 = pd.read_csv(out / "p1_table.csv")
+    assert list(p1.columns) == ["model", "text", "speech", "angle bottom-3", "angle all", "length bottom-3",
+                                "length all"] and len(p1) == 4
+
+
+def test_figures_and_report(study, tmp_path):
+    workdir, _ = study
+    figures = sorted((workdir / "results" / "figures").rglob("*.png"))
+    assert len(figures) == 1 + 8 + 4 * 3 + 4 * 4  # accuracy; per voice; CKA per model; 2 items x 2 layers per model
+    assert all(f.with_suffix(".pdf").is_file() for f in figures)
+    report = tmp_path / "report.html"
+    snakemake(workdir, "--report", str(report))
+    html = report.read_text(errors="replace")
+    missing = [f for f in figures if f'"{f.relative_to(workdir)}": {{' not in html]  # each figure is a report result
+    assert not missing and html.count('"mime_type": "image/png"') == len(figures)
+
+
+def test_figures_regenerate_with_plot_jobs_only(study):
+    workdir, _ = study
+    for f in (workdir / "results" / "figures").rglob("*.p[nd][gf]"):
+        f.unlink()
+    jobs = job_stats(snakemake(workdir, "figures").stdout)
+    assert jobs and all(rule.startswith("plot_") or rule == "figures" for rule in jobs), jobs
+    assert len(list((workdir / "results" / "figures").rglob("*.png"))) == 1 + 8 + 4 * 3 + 4 * 4
+
+
+def test_plot_style_change_reruns_only_plots(study):
+    workdir, config = study
+    write_config(workdir, {**config, "plots": {**config.get("plots", {}), "style": {"font.size": 12}}})
+    try:
+        jobs = planned_jobs(workdir)
+    finally:
+        write_config(workdir, config)
+    assert jobs and all(rule.startswith("plot_") or rule == "all" for rule in jobs), jobs
+
+
 def test_rerun_does_nothing(study):
     workdir, _ = study
     assert planned_jobs(workdir) == {}
@@ -63,8 +118,20 @@ def test_tts_change_reruns_only_what_depends_on_it(study):
     # the test voice's corpus, scoring and every checkpoint's states; not the items, nor the training split or training
     assert jobs == {
         "corpus_speech": 1, "corpus_align": 1, "corpus_summary": 1, "lab_score": 1,
-        "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "all": 1,
+        "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "metrics": 4, "metrics_heatmaps": 4, "stats": 1,
+        "interventions_shard": 8, "interventions": 1, "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1,
+        "plot_cka": 4, "plot_heatmaps": 4, "plot_interventions": 1, "all": 1,
     }
+
+
+def test_metric_option_change_reruns_metrics_not_states(study):
+    workdir, config = study
+    write_config(workdir, {**config, "metrics": {"cka": {"tau": 0.9}}})
+    try:
+        jobs = planned_jobs(workdir)
+    finally:
+        write_config(workdir, config)
+    assert jobs == {"metrics": 4, "stats": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "all": 1}
 
 
 def test_bad_config_fails_in_one_line_naming_the_key(study, tmp_path):

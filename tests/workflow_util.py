@@ -27,12 +27,16 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """Rule -> job count that a dry run would execute (empty when nothing is to be done)."""
-    out = snakemake(workdir, "--dry-run").stdout
+    return job_stats(snakemake(workdir, "--dry-run", *args).stdout)
+
+
+def job_stats(out: str) -> dict[str, int]:
+    """Rule -> job count from the "Job stats" table Snakemake prints before it runs (empty: nothing to do)."""
     if "Nothing to be done" in out:
         return {}
-    table = out.split("Job stats:", 1)[1]
+    table = out.split("Job stats:", 1)[1].strip().split("\n\n", 1)[0]
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M))
     jobs.pop("total", None)
     return {rule: int(n) for rule, n in jobs.items()}

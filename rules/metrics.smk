@@ -1,0 +1,56 @@
+# Metrics: every representation metric of P1 and P2 from the stored states of one (model, dataset, voice), streamed
+# across its shards. No forward pass: changing a metric option reruns this and what follows, never the states.
+METRICS = "results/metrics/{model}/{dataset}/{voice}"
+
+
+def metrics_summaries():
+    return [
+        f"{METRICS}/summary.json".format(model=m, dataset=d, voice=v)
+        for m in MODELS
+        for d in states_datasets()
+        for v in voices(d, "test")
+    ]
+
+
+rule metrics:
+    input:
+        stores=shard_stores,
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
+    output:
+        item_metrics=f"{METRICS}/items.parquet",
+        cka=f"{METRICS}/cka.parquet",
+        readouts=f"{METRICS}/cka_readouts.csv",
+        summary=f"{METRICS}/summary.json",
+    params:
+        options=config["metrics"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=int(config["metrics"]["device"] != "cpu"),
+    log:
+        f"{LOGS}/metrics/{{model}}/{{dataset}}/{{voice}}.log",
+    benchmark:
+        f"{BENCH}/metrics/{{model}}/{{dataset}}/{{voice}}.tsv"
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/metrics.py"
+
+
+rule metrics_heatmaps:
+    input:
+        stores=shard_stores,
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
+    output:
+        f"{METRICS}/heatmaps.npz",
+    params:
+        heatmap=config["plots"]["heatmap"],
+        truth=config["metrics"]["truth"],
+        band=config["metrics"]["dtw"]["band"],
+    log:
+        f"{LOGS}/metrics_heatmaps/{{model}}/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/metrics_heatmaps.py"
