@@ -59,7 +59,8 @@ rule interventions:
         per_item=f"{INTERVENTIONS}/items.parquet",
         tables=expand(f"{INTERVENTIONS}/{{table}}.csv", table=["conditions", "p1_table", "calibration", "redundancy"],
                       allow_missing=True),
-        markdown=f"{INTERVENTIONS}/tables.md",
+        markdown=report(f"{INTERVENTIONS}/tables.md", caption="../workflow/report/interventions_tables.rst",
+                        category="Interventions"),
     params:
         models=intervention_models(),
         shards=lambda wc: n_shards(wc.dataset),

@@ -12,7 +12,7 @@ rule stats:
         expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
     output:
         tables=expand(f"{STATS}/{{table}}.csv", table=STAT_TABLES, allow_missing=True),
-        markdown=f"{STATS}/tables.md",
+        markdown=report(f"{STATS}/tables.md", caption="../workflow/report/stats_tables.rst", category="Gap statistics"),
         headline=f"{STATS}/headline.json",
     params:
         models=list(MODELS),
