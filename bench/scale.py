@@ -20,10 +20,8 @@ Usage: python bench/scale.py [--items 50] [--model DIR] [--table PARQUET] [--bit
    reachable here.
 
 Stages are functions: `STAGES` maps a stage name to the function a child process runs for (items, shard, workdir,
-model, items table).
-Only `states` exists yet. To measure `metrics`, add `stage_metrics(n_items, shard, work, model, table)` that runs the metrics
-engine on the store `stage_states` left at `store_path(work, n_items, shard)` and returns {"stage_s": ...,
-"bytes": ...}, and add it to STAGES: sections 1 and 2 then report it as well.
+model, items table) and returns {"stage_s", "bytes"}: `states` dumps a shard, `metrics` runs the metrics engine on
+the store `states` left (bytes: its output tables).
 """
 from __future__ import annotations
 
@@ -79,7 +77,25 @@ def stage_states(n_items: int, shard: int, work: Path, model: str, table: str) -
     return {"stage_s": time.perf_counter() - t0, "bytes": disk_bytes(out)}
 
 
-STAGES: dict[str, Callable[..., dict]] = {"states": stage_states}  # "metrics": stage_metrics, once it exists
+def stage_metrics(n_items: int, shard: int, work: Path, model: str, table: str) -> dict:
+    """One metrics job over the store `stage_states` wrote for (n_items, shard): default options, CPU, 1 thread."""
+    import torch
+
+    from modgap.config import validate_config
+    from modgap.metrics.stage import run_metrics
+
+    torch.set_num_threads(1)
+    options = validate_config({"datasets": {"lab": {"source": "lab"}}})["metrics"]
+    out = work / f"metrics_n{n_items}_s{shard}"
+    out.mkdir(exist_ok=True)
+    outs = {k: out / f"{k}.{ext}" for k, ext in
+            [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json")]}
+    t0 = time.perf_counter()
+    run_metrics([str(store_path(work, n_items, shard))], table, options, "cpu", {}, outs)
+    return {"stage_s": time.perf_counter() - t0, "bytes": sum(disk_bytes(p) for p in outs.values())}
+
+
+STAGES: dict[str, Callable[..., dict]] = {"states": stage_states, "metrics": stage_metrics}  # run in this order
 
 
 # --- the harness ----------------------------------------------------------------------------------------------------
@@ -142,7 +158,6 @@ def measured(args: argparse.Namespace) -> None:
                       f"peak MB per job {max(r['rss_mb'] for r in rs):.0f}, "
                       f"at once {sum(r['rss_mb'] for r in rs) if parallel == 2 else max(r['rss_mb'] for r in rs):.0f}")
             print(f"speedup with 2 jobs: {walls[1] / walls[2]:.2f}x on {os.cpu_count()} cores")
-        print("\n== metrics: not measured yet (add stage_metrics to STAGES once the metrics engine lands)")
 
 
 def write_speed_mb_s(layers: int, d: int) -> float:

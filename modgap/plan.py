@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from modgap.paths import LAB, SHIPPED
-from modgap.store import estimate_bytes
 
 
 @dataclass(frozen=True)
@@ -28,24 +26,6 @@ class ModelRun:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-LAB_MODEL = re.compile(r"^lab-(?P<strategy>.+)@step(?P<step>\d+)$")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A model as figures group it: lab checkpoints by training strategy and step; any other model is its own group."""
-
-    model: str
-    strategy: str
-    step: int | None
-
-
-def parse_model(model: str) -> Checkpoint:
-    """`lab-frozen@step50` -> (frozen, 50); any other name -> (name, None)."""
-    m = LAB_MODEL.match(model)
-    return Checkpoint(model, m["strategy"], int(m["step"])) if m else Checkpoint(model, model, None)
 
 
 def expand_models(models: dict, lab_checkpoints: dict[str, str]) -> dict[str, ModelRun]:
@@ -103,6 +83,8 @@ def mean_spans(table: str | Path, style: str) -> tuple[float, float]:
 
 def storage_report(runs: dict[str, ModelRun], datasets: dict[str, tuple[int, str]], states: dict) -> list[str]:
     """Lines of a storage estimate: per model and dataset (items, corpus table, style), bytes on disk of all shards."""
+    from modgap.store import estimate_bytes  # zarr and torch: only for a dry run's estimate, not every parse
+
     lines, total = [], 0
     for name, run in runs.items():
         size = hidden_size(run)

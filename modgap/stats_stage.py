@@ -11,7 +11,7 @@ import pandas as pd
 
 from modgap import stats
 from modgap.atomic import write_csv, write_text
-from modgap.plan import parse_model
+from modgap.checkpoints import parse_model
 
 log = logging.getLogger("modgap")
 def gather(tables: dict[str, str | Path]) -> pd.DataFrame:

@@ -1,9 +1,8 @@
 # Path and config helpers shared by every stage. No logic beyond naming things.
 import functools
 
-from modgap.corpus.build import NATIVE_VOICE
 from modgap.corpus.datasets import load_items
-from modgap.paths import CORPUS_TABLE, LAB, SHIPPED
+from modgap.paths import CORPUS_TABLE, LAB, NATIVE_VOICE, SHIPPED
 
 CORPUS = "results/corpus/{dataset}/{split}"
 LOGS = "results/logs"

@@ -1,6 +1,6 @@
 # Plots: figures from the cached tables only (never a store or a model), PNG and PDF, marked for the HTML report.
 # `snakemake figures` (make figures) re-plots; a plots option change reruns only these jobs.
-from modgap.plots.stage import heatmap_stems
+from modgap.paths import heatmap_stems
 
 FIGURES = "results/figures/{dataset}/{voice}"
 PLOT_STYLE = config["plots"]["style"]
@@ -30,7 +30,7 @@ def figure_targets():
     per_voice += [f"{FIGURES}/cka/{{model}}_{kind}.png".replace("{model}", m) for m in MODELS
                   for kind in ("biased", "unbiased", "grid")]
     per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()
-                  for stem in heatmap_stems(range(heatmap_count()), HEATMAP["layers"])]
+                  for stem in heatmap_stems(heatmap_count(), HEATMAP["layers"])]
     return ["results/figures/accuracy.png"] + [
         t.format(dataset=d, voice=v) for t in per_voice for d in states_datasets() for v in voices(d, "test")
     ]
@@ -106,7 +106,7 @@ rule plot_heatmaps:
     input:
         f"{METRICS}/heatmaps.npz",
     output:
-        [path for stem in heatmap_stems(range(heatmap_count()), HEATMAP["layers"])
+        [path for stem in heatmap_stems(heatmap_count(), HEATMAP["layers"])
          for path in figure(f"{FIGURES}/heatmaps/{{model}}/{stem}", "fig_heatmap", "Token alignment", "{model}")],
     params:
         layers=HEATMAP["layers"],

@@ -14,7 +14,7 @@ from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration, Qwen
 
 from modgap.corpus.items import Item
 from modgap.corpus.lab_world import generate_lab, lab_vocabulary
-from modgap.lab import build, data, score, train
+from modgap.lab import build, data, fingerprint, score, train
 from modgap.lab.model import build_model, build_processor, num_audio_positions, prompt
 from modgap.lab.recipe import get_recipe
 from modgap.lab.tokenizer import AUDIO, build_tokenizer
@@ -154,7 +154,7 @@ def test_smoke_recipe_learns(tmp_path):
     checkpoints = {}
     for strategy in ("frozen", "full"):
         build.run_align(SMOKE, strategy, tmp_path / "audio", [train_table], 0, tmp_path / strategy)
-        checkpoints |= {build.checkpoint_name(strategy, n): str(tmp_path / strategy / f"step{n}") for n in SMOKE.checkpoints}
+        checkpoints |= {fingerprint.checkpoint_name(strategy, n): str(tmp_path / strategy / f"step{n}") for n in SMOKE.checkpoints}
     rows = build.run_score(checkpoints, test_table, tmp_path / "acc.csv", tmp_path / "pred.parquet", tmp_path / "d.json")
     acc = pd.read_csv(tmp_path / "acc.csv")
     assert list(acc["checkpoint"]) == list(checkpoints) and len(rows) == 2 * len(SMOKE.checkpoints)
@@ -167,9 +167,9 @@ def test_export_import_round_trip_checks_fingerprint(tiny, tmp_path):
     model, processor, _, _ = tiny
     spec = {"world_seed": 0, "voices": ["en-us"]}
     build.save(model, processor, tmp_path / "results" / "frozen" / "step4")
-    checkpoints = {build.checkpoint_name("frozen", 4): str(tmp_path / "results" / "frozen" / "step4")}
+    checkpoints = {fingerprint.checkpoint_name("frozen", 4): str(tmp_path / "results" / "frozen" / "step4")}
     build.export(checkpoints, SMOKE, spec, tmp_path / "shipped")
-    assert build.shipped_fingerprint(tmp_path / "shipped") == build.fingerprint(SMOKE, spec)
+    assert fingerprint.shipped_fingerprint(tmp_path / "shipped") == fingerprint.fingerprint(SMOKE, spec)
     assert (tmp_path / "shipped" / "frozen" / "step4" / "model.safetensors").is_file()
     names = build.import_shipped(tmp_path / "shipped", "frozen", SMOKE, spec, tmp_path / "imported")
     assert names == ["lab-frozen@step4"]

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 from modgap import plots  # noqa: E402
-from modgap.plan import parse_model  # noqa: E402
+from modgap.checkpoints import parse_model  # noqa: E402
 from modgap.plots.style import order_models, stars  # noqa: E402
 
 STRATEGIES, STEPS = ["frozen", "full"], [50, 100, 200, 400]

@@ -4,7 +4,7 @@ checkpoint go through `--workflow-profile workflow/profiles/slurm` and sbatch, a
 
 Scope: the local smoke study (shared with tests/test_workflow.py) builds the corpus and trains the lab model; only
 the two shard stores of lab-full@step10's states are redone through SLURM, as two jobs at once. Every SLURM job
-pays a full Snakefile parse (about 10 s of CPU: torch and transformers are imported) on top of its work, and each
+pays a full Snakefile parse and imports torch in its script on top of its work, and each
 dependent step waits for a status poll, so the whole study through SLURM would take several minutes on two cores.
 Set MODGAP_SLURM_TEST=0 to skip it.
 """
@@ -20,8 +20,7 @@ import zarr
 
 from modgap.store import StoreReader, predictions_table
 from slurm.cluster import Unavailable, job_records, start
-from slurm.study import local_smoke_study
-from workflow_util import REPO, snakemake
+from workflow_util import REPO, local_smoke_study, snakemake
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 STATES = "results/states/lab-full@step10/lab/en-us+f3"

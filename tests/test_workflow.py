@@ -3,20 +3,15 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 
-from workflow_util import REPO, job_stats, planned_jobs, snakemake, write_config
+from workflow_util import job_stats, local_smoke_study, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("study")
-    config = yaml.safe_load((REPO / "tests" / "data" / "smoke.yaml").read_text())
-    write_config(workdir, config)
-    snakemake(workdir)
-    return workdir, config
+    return local_smoke_study(tmp_path_factory)
 
 
 def test_corpus_outputs(study):

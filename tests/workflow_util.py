@@ -40,3 +40,18 @@ def job_stats(out: str) -> dict[str, int]:
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M))
     jobs.pop("total", None)
     return {rule: int(n) for rule, n in jobs.items()}
+
+
+_RUN: dict[str, tuple[Path, dict]] = {}
+
+
+def local_smoke_study(tmp_path_factory) -> tuple[Path, dict]:
+    """(working directory, config) of the smoke study after a local `snakemake --cores 2` of all its targets, run
+    once per test session: tests/test_workflow.py checks it, tests/test_slurm.py compares a SLURM run against it."""
+    if "study" not in _RUN:
+        workdir = tmp_path_factory.mktemp("study")
+        config = yaml.safe_load((REPO / "tests" / "data" / "smoke.yaml").read_text())
+        write_config(workdir, config)
+        snakemake(workdir)
+        _RUN["study"] = (workdir, config)
+    return _RUN["study"]

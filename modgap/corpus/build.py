@@ -22,10 +22,10 @@ from modgap.corpus.asr import make_recognizer, word_error_rate
 from modgap.corpus.datasets import load_items
 from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
 from modgap.corpus.timing import SAMPLE_RATE, WordTiming
+from modgap.paths import NATIVE_VOICE
 from modgap.corpus.tts import EspeakTTS, TTSError
 
 
-NATIVE_VOICE = "native"
 
 
 def write_split(name: str, spec: dict, split: str, out_jsonl: str | Path, root: str | Path = ".") -> int:

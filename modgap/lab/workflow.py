@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modgap.lab.build import checkpoint_name, fingerprint, shipped_fingerprint
+from modgap.lab.fingerprint import checkpoint_name, fingerprint, shipped_fingerprint
 from modgap.lab.recipe import Recipe, get_recipe
 from modgap.paths import CORPUS_TABLE, LAB, SHIPPED
 

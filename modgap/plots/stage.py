@@ -54,14 +54,9 @@ def plot_cka(cka_parquet: str | Path, readouts_csv: str | Path, out: Mapping[str
     _save(cka_small_multiples(cka, readouts, "biased", style=style), out["grid"])
 
 
-def heatmap_stems(items: Sequence[str], layers: Sequence[int]) -> list[str]:
-    """File stems of one model's heatmaps, by item position and configured layer (`item1_layer-1`)."""
-    return [f"item{n}_layer{layer}" for n in range(len(items)) for layer in layers]
-
-
 def plot_heatmaps(npz: str | Path, model: str, layers: Sequence[int], outs: Sequence[str | Path], style: dict) -> None:
     """One heatmap per chosen item and layer (`layers` as configured) of a `modgap.metrics.heatmap` file, in
-    `heatmap_stems` order."""
+    `modgap.paths.heatmap_stems` order."""
     data = np.load(npz)
     ids, drawn = [str(i) for i in data["ids"]], [int(x) for x in data["layers"]]
     if len(drawn) != len(layers):

@@ -3,9 +3,9 @@
 `start(root)` writes a munge key and a `slurm.conf` for this host under `root`, starts munged, slurmctld and slurmd
 (no systemd), waits until `sinfo` shows the node idle, and returns a `Cluster` whose `env` has `SLURM_CONF` set;
 `Cluster.stop()` stops the daemons by their pid files. Every failure raises `Unavailable` with the command that
-failed and its first line of error output, which the pytest fixture turns into a skip reason.
+failed, its exit status and the last line of its error output, which the pytest fixture turns into a skip reason.
 
-By hand (root):  python tests/slurm/cluster.py /tmp/slurm   # starts it and prints `export SLURM_CONF=...`
+By hand (root):  python tests/slurm/cluster.py /tmp/slurm   # starts it and prints the two exports to use it
                  python tests/slurm/cluster.py /tmp/slurm --stop
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "
 
 
 class Unavailable(RuntimeError):
-    """SLURM cannot run here; the message says precisely why (command, exit status, first error line)."""
+    """SLURM cannot run here; the message says precisely why (command, exit status, error line)."""
 
 
 def _last_line(text: str | bytes | None) -> str:
@@ -37,16 +37,16 @@ def _last_line(text: str | bytes | None) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def _run(cmd: list[str], timeout: float = 30, env: dict | None = None, what: str = "") -> str:
+def _run(cmd: list[str], timeout: float = 30, env: dict | None = None) -> str:
     """Run `cmd`; raise Unavailable naming it and its error line when it fails or times out."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        raise Unavailable(f"`{' '.join(cmd)}` timed out after {timeout:.0f} s{what}") from None
+        raise Unavailable(f"`{' '.join(cmd)}` timed out after {timeout:.0f} s") from None
     except OSError as error:
-        raise Unavailable(f"`{' '.join(cmd)}` could not start: {error}{what}") from None
+        raise Unavailable(f"`{' '.join(cmd)}` could not start: {error}") from None
     if proc.returncode != 0:
-        raise Unavailable(f"`{' '.join(cmd)}` exited {proc.returncode}: {_last_line(proc.stderr or proc.stdout)}{what}")
+        raise Unavailable(f"`{' '.join(cmd)}` exited {proc.returncode}: {_last_line(proc.stderr or proc.stdout)}")
     return proc.stdout
 
 
@@ -80,10 +80,16 @@ def ensure_installed(timeout: float = 240) -> None:
         raise Unavailable(f"`apt-get install {' '.join(PACKAGES)}` succeeded but {', '.join(missing)} still not found")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports free right now (so that a second test cluster on the machine does not collide)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _mem_mb() -> int:
@@ -189,7 +195,7 @@ def start(root: str | Path, install_timeout: float = 240, ready_timeout: float =
     host = socket.gethostname().split(".")[0]
     cluster = Cluster(root, cpus=os.cpu_count() or 1, mem_mb=max(512, int(_mem_mb() * 0.9)))
     conf = root / "slurm.conf"
-    conf.write_text(slurm_conf(root, host, cluster.cpus, cluster.mem_mb, (_free_port(), _free_port())))
+    conf.write_text(slurm_conf(root, host, cluster.cpus, cluster.mem_mb, tuple(_free_ports(2))))
     # snakemake-executor-plugin-slurm-jobstep 0.6 drops every SLURM_* variable but the job's identity from the
     # environment of its inner `srun`, SLURM_CONF included, so srun looks for /etc/slurm/slurm.conf (or DNS SRV
     # records). Real clusters keep slurm.conf there; this one lives in a temp folder, so an `srun` wrapper first on
@@ -247,4 +253,4 @@ if __name__ == "__main__":
         Cluster(where).stop()
     else:
         c = start(where)
-        print(f"export SLURM_CONF={c.env['SLURM_CONF']}")
+        print(f"export SLURM_CONF={c.env['SLURM_CONF']} PATH={c.root / 'bin'}:$PATH")
