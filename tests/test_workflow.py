@@ -18,7 +18,7 @@ def test_corpus_outputs(study):
     workdir, _ = study
     corpus = workdir / "results" / "corpus" / "lab"
     summary = json.loads((corpus / "summary.json").read_text())
-    assert set(summary) == {"train/en-us", "test/en-us+f3"}
+    assert set(summary) == {"train/en-us", "calib/en-us+f3", "test/en-us+f3"}
     assert summary["test/en-us+f3"]["items"] == 8
     df = pd.read_parquet(corpus / "test" / "en-us+f3" / "items.parquet")
     assert len(df) == 8 and (df["status"] == "ok").all()

@@ -211,7 +211,7 @@ def summary(items: pd.DataFrame, cka: pd.DataFrame, readouts: pd.DataFrame, meta
     matrices = {k: g.pivot(index="speech_layer", columns="text_layer", values="cka").to_numpy()
                 for k, g in cka.groupby(["config", "estimator"], sort=False)}
     default = meta["dtw_configs"][0]["label"]
-    stability = {f"{c}/{e}": matrix_agreement(torch.as_tensor(m), torch.as_tensor(matrices[default, e]))
+    stability = {f"{c}/{e}": matrix_agreement(torch.tensor(m), torch.tensor(matrices[default, e]))
                  for (c, e), m in matrices.items() if c != default}
     return {
         **meta,
