@@ -24,6 +24,11 @@ include: "rules/interventions.smk"
 include: "rules/plots.smk"
 
 
+localrules:
+    all,
+    figures,
+
+
 rule all:
     default_target: True
     input:

@@ -66,6 +66,10 @@ rule interventions:
         shards=lambda wc: n_shards(wc.dataset),
         k=config["interventions"]["k"],
         stats_mode=config["interventions"]["stats_mode"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
     log:
         f"{LOGS}/interventions/{{dataset}}/{{voice}}/gather.log",
     conda:

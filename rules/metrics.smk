@@ -48,6 +48,10 @@ rule metrics_heatmaps:
         heatmap=config["plots"]["heatmap"],
         truth=config["metrics"]["truth"],
         band=config["metrics"]["dtw"]["band"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/metrics_heatmaps/{{model}}/{{dataset}}/{{voice}}.log",
     conda:

@@ -48,6 +48,10 @@ rule plot_accuracy:
         figure("results/figures/accuracy", "fig_accuracy", "Accuracy"),
     params:
         style=PLOT_STYLE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/plots/accuracy.log",
     script:
@@ -66,6 +70,10 @@ rule plot_metrics:
         models=list(MODELS),
         options=config["plots"],
         first_layer=0 if config["metrics"]["include_layer0"] else 1,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/plots/metrics/{{dataset}}/{{voice}}.log",
     script:
@@ -80,6 +88,10 @@ rule plot_gap:
         figure(f"{FIGURES}/gap_scatter", "fig_gap", "Gap statistics"),
     params:
         style=PLOT_STYLE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/plots/gap/{{dataset}}/{{voice}}.log",
     script:
@@ -96,6 +108,10 @@ rule plot_cka:
         grid=figure(f"{FIGURES}/cka/{{model}}_grid", "fig_cka_grid", "Cross-layer CKA", "{model}"),
     params:
         style=PLOT_STYLE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/plots/cka/{{dataset}}/{{voice}}/{{model}}.log",
     script:
@@ -111,6 +127,10 @@ rule plot_heatmaps:
     params:
         layers=HEATMAP["layers"],
         style=PLOT_STYLE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/plots/heatmaps/{{dataset}}/{{voice}}/{{model}}.log",
     script:
@@ -127,6 +147,10 @@ rule plot_interventions:
         redundancy=figure(f"{FIGURES}/redundancy", "fig_redundancy", "Interventions"),
     params:
         style=PLOT_STYLE,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     log:
         f"{LOGS}/plots/interventions/{{dataset}}/{{voice}}.log",
     script:

@@ -18,6 +18,7 @@ rule stats:
         models=list(MODELS),
         options=config["stats"],
         include_layer0=config["metrics"]["include_layer0"],
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
