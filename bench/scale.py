@@ -92,7 +92,7 @@ def stage_metrics(n_items: int, shard: int, work: Path, model: str, table: str) 
             [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json")]}
     t0 = time.perf_counter()
     run_metrics([str(store_path(work, n_items, shard))], table, options, "cpu", {}, outs)
-    return {"stage_s": time.perf_counter() - t0, "bytes": sum(disk_bytes(p) for p in outs.values())}
+    return {"stage_s": time.perf_counter() - t0, "bytes": sum(p.stat().st_size for p in outs.values())}
 
 
 STAGES: dict[str, Callable[..., dict]] = {"states": stage_states, "metrics": stage_metrics}  # run in this order
