@@ -18,25 +18,12 @@ estimator differs by design and is reported, not checked).
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 
+from timing import timed
+
 from modgap.metrics.cka import CKAAccumulator, MinibatchCKA, _auto_form, cross_layer_cka, linear_cka
-
-
-def timed(fn: Callable[[], torch.Tensor], repeat: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """Fastest time of `repeat` calls (CPU seconds of this process, or wall seconds on a GPU), and the last result."""
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = clock()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, clock() - t0)
-    return best, out
 
 
 def data(layers: int, n: int, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,21 +67,21 @@ def main() -> None:
     one_shot = {}
     for unbiased in (False, True):
         print(f"-- {'unbiased' if unbiased else 'biased'}")
-        tv, v = timed(lambda: cross_layer_cka(xs, ys, unbiased), args.repeat, device)
-        to, vo = timed(lambda: cross_layer_cka(xs, ys, unbiased, other), 1, device)
+        tv, v = timed(lambda: cross_layer_cka(xs, ys, unbiased), device, args.repeat)
+        to, vo = timed(lambda: cross_layer_cka(xs, ys, unbiased, other), device)
         one_shot[unbiased] = tv, v
         print(f"(v) all pairs, {auto:7s} {tv:8.2f} s   [{other}: {to:.2f} s, max diff {(vo - v).abs().max():.1e}]")
         for tag, form in (("g", "gram"), ("f", "auto")):
             t, loop = timed(lambda: torch.tensor([linear_cka(xs[k // L], ys[k % L], unbiased, form) for k in pairs]),
-                            1, device)
+                            device)
             t *= L * L / len(pairs)
             diff = (loop - v.flatten()[pairs].cpu()).abs().max()
             print(f"({tag}) per-pair loop, {form:4s} {t:8.2f} s   {t / tv:6.1f}x slower   max diff {diff:.1e}")
-        tm, m = timed(lambda: stream(MinibatchCKA(L, L, unbiased, device, args.batch), xs, ys, args.batch), 1, device)
+        tm, m = timed(lambda: stream(MinibatchCKA(L, L, unbiased, device, args.batch), xs, ys, args.batch), device)
         print(f"(m) MinibatchCKA     {tm:8.2f} s   {tm / tv:6.1f}x one-shot   max diff {(m - v).abs().max():.1e}"
               f"  (estimator of its own)")
     acc = CKAAccumulator(L, L, d, d, device=device)
-    ts, _ = timed(lambda: stream(acc, xs, ys, args.batch), 1, device)
+    ts, _ = timed(lambda: stream(acc, xs, ys, args.batch), device)
     print(f"(s) CKAAccumulator, both estimators {ts:.2f} s ({CKAAccumulator.nbytes(L, L, d, d) / 2**30:.2f} GiB)")
     for unbiased, (tv, v) in one_shot.items():
         diff = (acc.result(unbiased) - v).abs().max()

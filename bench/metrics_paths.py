@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS on one thread, like torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from timing import timed
 
 from modgap.metrics import alignment_path, dtw_paths, token_similarity
 
@@ -108,20 +109,6 @@ def baseline_argmax(matrices: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list
 def baseline_dtw(matrices: list[tuple[np.ndarray, np.ndarray]], band: float | None) -> list[list[tuple[int, int]]]:
     """Per item and layer, the Python DTW on the cosine matrix."""
     return [python_dtw(cos.tolist(), band) for A, _ in matrices for cos in A]
-
-
-def timed(fn, device: torch.device, repeat: int = 1):
-    """Fastest time of `repeat` calls of `fn` (process CPU time on the CPU, robust to a shared machine; wall time
-    with a GPU), and its last result."""
-    clock = time.perf_counter if device.type == "cuda" else time.process_time
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = clock()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, clock() - t0)
-    return best, out
 
 
 def main() -> None:

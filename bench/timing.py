@@ -1,0 +1,22 @@
+"""Timing shared by the benchmarks."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeat: int = 1) -> tuple[float, Any]:
+    """Fastest time of `repeat` calls of `fn` (process CPU time on the CPU, robust to a shared machine; wall time
+    with a GPU), and its last result."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = clock()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, clock() - t0)
+    return best, out
