@@ -1,8 +1,10 @@
-# Path and config helpers shared by every stage. No logic beyond naming things.
+# Path and config helpers shared by every stage (functions only; the rule files hold the rules). No logic beyond
+# naming things.
 import functools
 
 from modgap.corpus.datasets import load_items
-from modgap.paths import CORPUS_TABLE, LAB, NATIVE_VOICE, SHIPPED
+from modgap.paths import CORPUS_TABLE, LAB, NATIVE_VOICE, SHIPPED, heatmap_stems
+from modgap.plan import shard_count
 
 CORPUS = "results/corpus/{dataset}/{split}"
 LOGS = "results/logs"
@@ -41,3 +43,109 @@ def corpus_tables(dataset):
 
 def corpus_targets():
     return expand("results/corpus/{dataset}/summary.json", dataset=config["datasets"])
+
+
+# --- states
+
+
+def states_datasets():
+    return config["states"]["datasets"] or list(config["datasets"])
+
+
+def n_shards(dataset):
+    return shard_count(split_size(dataset, "test"), config["states"]["shard_items"], config["states"]["max_items"])
+
+
+def model_input(model):
+    """The lab stage's checkpoint folder for a lab run; nothing for a model loaded from a path or hub id."""
+    run = MODELS[model]
+    return [f"{LAB}/{run.lab_strategy}"] if run.lab_strategy else []
+
+
+def shard_stores(wc):
+    """Every shard store of one (model, dataset, voice)."""
+    return expand(f"{STATES}/shard{{shard}}.zarr", shard=range(n_shards(wc.dataset)), allow_missing=True)
+
+
+def states_tables():
+    return [
+        f"{STATES}/accuracy.csv".format(model=m, dataset=d, voice=v)
+        for m in MODELS
+        for d in states_datasets()
+        for v in voices(d, "test")
+    ]
+
+
+# --- metrics
+
+
+def metrics_summaries():
+    return [
+        f"{METRICS}/summary.json".format(model=m, dataset=d, voice=v)
+        for m in MODELS
+        for d in states_datasets()
+        for v in voices(d, "test")
+    ]
+
+
+# --- stats
+
+
+def stats_targets():
+    return [f"{STATS}/headline.json".format(dataset=d, voice=v) for d in states_datasets() for v in voices(d, "test")]
+
+
+# --- interventions
+
+
+def intervention_models():
+    return config["interventions"]["models"] or list(MODELS)
+
+
+def calib_table(wc):
+    """The calib split's corpus table in the test voice (or the first calib voice); none without a calib split."""
+    if "calib" not in dataset_spec(wc.dataset)["splits"] or not config["interventions"]["calibration"]:
+        return []
+    calib = voices(wc.dataset, "calib")
+    voice = wc.voice if wc.voice in calib else calib[0]
+    return [CORPUS_TABLE.format(dataset=wc.dataset, split="calib", voice=voice)]
+
+
+def gpu_jobs(model):
+    """GPU slots a job of `model` takes: 1, or 0 for a model configured on the CPU (modgap.devices.job_device)."""
+    return int(MODELS[model].device != "cpu")
+
+
+def interventions_targets():
+    return [f"{INTERVENTIONS}/tables.md".format(dataset=d, voice=v) for d in states_datasets() for v in voices(d, "test")]
+
+
+# --- plots
+
+
+def figure(stem, caption, category, subcategory=None):
+    """PNG (in the report, with its caption) and PDF of one figure."""
+    png = report(f"{stem}.png", caption=f"../workflow/report/{caption}.rst", category=category,
+                 subcategory=subcategory)
+    return [png, f"{stem}.pdf"]
+
+
+def heatmap_models():
+    return HEATMAP["models"] or list(MODELS)
+
+
+def heatmap_count():
+    return HEATMAP["items"] if isinstance(HEATMAP["items"], int) else len(HEATMAP["items"])
+
+
+def figure_targets():
+    per_voice = [
+        f"{FIGURES}/{name}.png"
+        for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "edits", "calibration", "redundancy"]
+    ]
+    per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]
+    per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()
+                  for stem in heatmap_stems(heatmap_count(), HEATMAP["layers"])]
+    return ["results/figures/accuracy.png"] + [
+        t.format(dataset=d, voice=v) for t in per_voice for d in states_datasets() for v in voices(d, "test")
+    ]

@@ -3,28 +3,6 @@
 INTERVENTIONS = "results/interventions/{dataset}/{voice}"
 
 
-def intervention_models():
-    return config["interventions"]["models"] or list(MODELS)
-
-
-def calib_table(wc):
-    """The calib split's corpus table in the test voice (or the first calib voice); none without a calib split."""
-    if "calib" not in dataset_spec(wc.dataset)["splits"] or not config["interventions"]["calibration"]:
-        return []
-    calib = voices(wc.dataset, "calib")
-    voice = wc.voice if wc.voice in calib else calib[0]
-    return [CORPUS_TABLE.format(dataset=wc.dataset, split="calib", voice=voice)]
-
-
-def gpu_jobs(model):
-    """GPU slots a job of `model` takes: 1, or 0 for a model configured on the CPU (modgap.devices.job_device)."""
-    return int(MODELS[model].device != "cpu")
-
-
-def interventions_targets():
-    return [f"{INTERVENTIONS}/tables.md".format(dataset=d, voice=v) for d in states_datasets() for v in voices(d, "test")]
-
-
 rule interventions_shard:
     input:
         table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),

@@ -3,15 +3,6 @@
 METRICS = "results/metrics/{model}/{dataset}/{voice}"
 
 
-def metrics_summaries():
-    return [
-        f"{METRICS}/summary.json".format(model=m, dataset=d, voice=v)
-        for m in MODELS
-        for d in states_datasets()
-        for v in voices(d, "test")
-    ]
-
-
 rule metrics:
     input:
         stores=shard_stores,

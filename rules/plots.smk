@@ -1,39 +1,8 @@
 # Plots: figures from the cached tables only (never a store or a model), PNG and PDF, marked for the HTML report.
 # `snakemake figures` (make figures) re-plots; a plots option change reruns only these jobs.
-from modgap.paths import heatmap_stems
-
 FIGURES = "results/figures/{dataset}/{voice}"
 PLOT_STYLE = config["plots"]["style"]
 HEATMAP = config["plots"]["heatmap"]
-
-
-def figure(stem, caption, category, subcategory=None):
-    """PNG (in the report, with its caption) and PDF of one figure."""
-    png = report(f"{stem}.png", caption=f"../workflow/report/{caption}.rst", category=category,
-                 subcategory=subcategory)
-    return [png, f"{stem}.pdf"]
-
-
-def heatmap_models():
-    return HEATMAP["models"] or list(MODELS)
-
-
-def heatmap_count():
-    return HEATMAP["items"] if isinstance(HEATMAP["items"], int) else len(HEATMAP["items"])
-
-
-def figure_targets():
-    per_voice = [
-        f"{FIGURES}/{name}.png"
-        for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "edits", "calibration", "redundancy"]
-    ]
-    per_voice += [f"{FIGURES}/cka/{{model}}_{kind}.png".replace("{model}", m) for m in MODELS
-                  for kind in ("biased", "unbiased", "grid")]
-    per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()
-                  for stem in heatmap_stems(heatmap_count(), HEATMAP["layers"])]
-    return ["results/figures/accuracy.png"] + [
-        t.format(dataset=d, voice=v) for t in per_voice for d in states_datasets() for v in voices(d, "test")
-    ]
 
 
 rule figures:
@@ -54,6 +23,8 @@ rule plot_accuracy:
         runtime=10,
     log:
         f"{LOGS}/plots/accuracy.log",
+    conda:
+        "../envs/corpus.yaml"
     script:
         "../scripts/plots.py"
 
@@ -76,6 +47,8 @@ rule plot_metrics:
         runtime=10,
     log:
         f"{LOGS}/plots/metrics/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/corpus.yaml"
     script:
         "../scripts/plots.py"
 
@@ -94,6 +67,8 @@ rule plot_gap:
         runtime=10,
     log:
         f"{LOGS}/plots/gap/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/corpus.yaml"
     script:
         "../scripts/plots.py"
 
@@ -114,6 +89,8 @@ rule plot_cka:
         runtime=10,
     log:
         f"{LOGS}/plots/cka/{{dataset}}/{{voice}}/{{model}}.log",
+    conda:
+        "../envs/corpus.yaml"
     script:
         "../scripts/plots.py"
 
@@ -133,6 +110,8 @@ rule plot_heatmaps:
         runtime=10,
     log:
         f"{LOGS}/plots/heatmaps/{{dataset}}/{{voice}}/{{model}}.log",
+    conda:
+        "../envs/corpus.yaml"
     script:
         "../scripts/plots.py"
 
@@ -153,5 +132,7 @@ rule plot_interventions:
         runtime=10,
     log:
         f"{LOGS}/plots/interventions/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/corpus.yaml"
     script:
         "../scripts/plots.py"

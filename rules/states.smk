@@ -2,7 +2,7 @@
 # Zarr store per (model, dataset, voice, shard), then per-item predictions and accuracy tables.
 import sys
 
-from modgap.plan import expand_models, shard_count, storage_report
+from modgap.plan import expand_models, storage_report
 
 MODELS = expand_models(config["models"], LAB_PLAN.checkpoints)
 STATES = "results/states/{model}/{dataset}/{voice}"
@@ -11,34 +11,6 @@ STATES = "results/states/{model}/{dataset}/{voice}"
 wildcard_constraints:
     model="[A-Za-z0-9_.\-]+(@step[0-9]+)?",
     shard="[0-9]+",
-
-
-def states_datasets():
-    return config["states"]["datasets"] or list(config["datasets"])
-
-
-def n_shards(dataset):
-    return shard_count(split_size(dataset, "test"), config["states"]["shard_items"], config["states"]["max_items"])
-
-
-def model_input(model):
-    """The lab stage's checkpoint folder for a lab run; nothing for a model loaded from a path or hub id."""
-    run = MODELS[model]
-    return [f"{LAB}/{run.lab_strategy}"] if run.lab_strategy else []
-
-
-def shard_stores(wc):
-    """Every shard store of one (model, dataset, voice)."""
-    return expand(f"{STATES}/shard{{shard}}.zarr", shard=range(n_shards(wc.dataset)), allow_missing=True)
-
-
-def states_tables():
-    return [
-        f"{STATES}/accuracy.csv".format(model=m, dataset=d, voice=v)
-        for m in MODELS
-        for d in states_datasets()
-        for v in voices(d, "test")
-    ]
 
 
 if workflow.output_settings.dryrun:
@@ -74,7 +46,7 @@ rule states_dump:
     resources:
         mem_mb=lambda wc: 2000 if MODELS[wc.model].lab_strategy else 32000,  # a 7-8B model passes through host memory
         runtime=120,
-        gpu=lambda wc: int(MODELS[wc.model].device != "cpu"),  # the job takes a free GPU: modgap.devices.job_device
+        gpu=lambda wc: gpu_jobs(wc.model),  # the job takes a free GPU: modgap.devices.job_device
     log:
         f"{LOGS}/states_dump/{{model}}/{{dataset}}/{{voice}}/shard{{shard}}.log",
     benchmark:

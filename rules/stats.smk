@@ -3,10 +3,6 @@ STATS = "results/stats/{dataset}/{voice}"
 STAT_TABLES = ["points", "fits", "item_layer", "item_layer_by_model", "logistic", "subjects", "within_subject"]
 
 
-def stats_targets():
-    return [f"{STATS}/headline.json".format(dataset=d, voice=v) for d in states_datasets() for v in voices(d, "test")]
-
-
 rule stats:
     input:
         expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
