@@ -503,3 +503,28 @@ def test_report_layouts():
     red = redundancy_table({"m1": t})
     assert red[["r", "accuracy", "delta"]].values.tolist() == [[1, 75.0, 0.0], [8, 25.0, -50.0]]
     assert red["n_items"].tolist() == [4, 4] and red.loc[1, "broken"] == 2
+
+
+def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(tmp_path, caplog):
+    from modgap.interventions.stage import gather, run_shard
+    from modgap.plan import ModelRun
+
+    lab = generate_lab(0, 0, 3, 4)
+    tables = {}
+    for split in ("test", "calib"):
+        table = corpus_table(lab[split], tmp_path / "audio").assign(style="cloze")
+        table.to_parquet(tables.setdefault(split, tmp_path / f"{split}.parquet"))
+    run = ModelRun("tiny", "qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
+                   device="cpu")
+    states = {"shard_items": 4, "max_items": None, "norm": "none"}
+    section = {"layers": [0], "ops": ["angle"], "select": ["all"], "k": 3, "metric": "cos", "select_layer": None,
+               "calibration": ["input"], "stats_mode": "per_dim", "redundancy": [1], "calib_items": 3,
+               "batch_items": 4}
+    with caplog.at_level("WARNING", logger="modgap"):
+        without = run_shard(run, tables["test"], None, 0, states, section, tmp_path / "a.parquet")
+    assert "calibration skipped" in caplog.text and "calibration" not in set(without["condition"])
+    with_calib = run_shard(run, tables["test"], tables["calib"], 0, states, section, tmp_path / "b.parquet")
+    assert (with_calib["condition"] == "calibration").sum() == 4
+    out = gather({"tiny": [str(tmp_path / "b.parquet")]}, tmp_path, k=3, stats_mode="per_dim")
+    assert {"speech", "text", "calib-input", "angle all @0", "redundancy-r1"} == set(out["conditions"]["condition"])
+    assert (tmp_path / "tables.md").is_file() and list(out["p1_table"]["model"]) == ["tiny"]

@@ -22,14 +22,15 @@ RUNNER_KEYS = ("layers", "ops", "select", "k", "metric", "select_layer", "calibr
 def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | None, shard: int, states: dict,
               section: dict, out_path: str | Path, device: str | None = None) -> pd.DataFrame:
     """Re-score one shard of the test items under every configured condition; calibration statistics come from
-    the first `section["calib_items"]` usable items of `calib_table` (the held-out calibration split)."""
+    the first `section["calib_items"]` usable items of `calib_table` (the held-out calibration split; without one,
+    the calibration conditions are skipped with a warning in the job's log)."""
     rows, style = shard_of(test_table, shard, states)
+    if section["calibration"] and calib_table is None:
+        log.warning("%s has no calib split to fit P2's calibration statistics on: calibration skipped", test_table)
+        section = {**section, "calibration": []}
     conditions = conditions_from_config({k: section[k] for k in RUNNER_KEYS})
     calibration = None
     if section["calibration"]:
-        if calib_table is None:
-            raise ValueError("config key interventions.calibration: the dataset has no calib split to fit the "
-                             "statistics on (add calib to its splits, or set interventions.calibration: [])")
         calibration = corpus_items(pd.read_parquet(calib_table))[: section["calib_items"]]
     adapter = load_run(run, device)
     table = run_conditions(adapter, rows, style, states["norm"], conditions, calibration, section["batch_items"])
