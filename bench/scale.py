@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from timing import load_average
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS = "results/corpus/lab/test/en-us+f3/items.parquet"
@@ -127,10 +129,6 @@ def jobs(stage: str, specs: list[tuple[int, int]], work: Path, args: argparse.Na
     return time.perf_counter() - t0, results
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def measured(args: argparse.Namespace) -> None:
     n = args.items
     with tempfile.TemporaryDirectory(prefix="modgap-scale-") as tmp:
@@ -161,23 +159,14 @@ def measured(args: argparse.Namespace) -> None:
 
 
 def write_speed_mb_s(layers: int, d: int) -> float:
-    """MB/s (float16 bytes of hidden state per wall second) of StoreWriter on a [layers, positions, d] batch."""
-    import numpy as np
-    import torch
+    """MB/s (float16 bytes of hidden state per wall second) of StoreWriter: 32 items of 64 positions per condition,
+    written in batches of 8 (bench/store_write.py's data and loop)."""
+    from store_write import batches, run
 
-    from modgap.store import CondBatch, StoreWriter
-
-    positions, items = 64, 8
-    g = torch.Generator().manual_seed(0)
-    hidden = (torch.randn(layers, positions * items, d, generator=g) * torch.exp(torch.randn(d, generator=g))).half()
-    batch = CondBatch(hidden, [positions] * items, np.tile(np.arange(positions), items), [0] * items, [1] * items)
+    spec = argparse.Namespace(items=32, batch=8, positions=64, layers=layers, d=d)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        with StoreWriter(Path(tmp) / "w.zarr", model="bench", layers=range(layers), d=d, n_options=4) as w:
-            for b in range(4):
-                w.append([f"q{b}-{i}" for i in range(items)], {"S": batch, "T": batch})
-        seconds = time.perf_counter() - t0
-    return 4 * 2 * hidden.numel() * 2 / 1e6 / seconds
+        seconds = run(Path(tmp) / "w.zarr", batches(spec), spec, compute_s=0)
+    return 2 * spec.items * spec.positions * layers * d * 2 / 1e6 / seconds
 
 
 def paper_scale(args: argparse.Namespace) -> None:

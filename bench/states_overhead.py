@@ -29,12 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
+from timing import load_average
 
 from modgap.corpus.items import Item
 from modgap.models import Inputs, SpeechLM, load_adapter
-from modgap.states import StateSpec, corpus_items, dump_states
+from modgap.states import StateSpec, corpus_items, dump_states, speech_inputs
 
 ITEMS = "results/corpus/lab/test/en-us+f3/items.parquet"
 MODELS = ("results/lab/full/step400", "lab/checkpoints/full/step400")
@@ -42,7 +42,7 @@ MODELS = ("results/lab/full/step400", "lab/checkpoints/full/step400")
 
 def build_inputs(adapter: SpeechLM, rows: list[tuple[Item, str, np.ndarray]], style: str) -> list[list[Inputs]]:
     """S and T inputs of every row, as two lists (conditions) of per-item inputs."""
-    speech = [adapter.speech_inputs(it, sf.read(path, dtype="float32")[0], ms) for it, path, ms in rows]
+    speech = [speech_inputs(adapter, row) for row in rows]
     return [speech, [adapter.text_inputs(it, style) for it, *_ in rows]]
 
 
@@ -60,10 +60,6 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:

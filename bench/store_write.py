@@ -6,7 +6,7 @@ Writes items with `positions` positions per condition (S and T) as float16 and p
 (uncompressed bytes per second of wall time) for: the write alone, and a loop that also spends `compute-ms` per
 batch on a stand-in forward pass (a sleep, as while a GPU computes), where the thread can overlap the two; each the fastest of `repeat` runs;
 also without zstd (checksums only).
-Then prints the on-disk size of the hidden chunks relative to the raw bytes for BitRound keeping 10, 7, 5, 3 bits.
+Then prints the on-disk size of the hidden chunks relative to the raw bytes for lossless zstd and BitRound keeping 7, 5, 3 bits.
 The data are Gaussian with log-normal per-dimension scales: lossless zstd gains almost nothing on them.
 """
 from __future__ import annotations

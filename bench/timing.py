@@ -1,6 +1,7 @@
 """Timing shared by the benchmarks."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,3 +21,8 @@ def timed(fn: Callable[[], Any], device: torch.device, repeat: int = 1) -> tuple
             torch.cuda.synchronize()
         best = min(best, clock() - t0)
     return best, out
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for a benchmark's printout (the machines are shared)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+ALL = "all"  # the group of every checkpoint together (fits per strategy, and this one)
 LAB_MODEL = re.compile(r"^lab-(?P<strategy>.+)@step(?P<step>\d+)$")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from modgap.checkpoints import parse_model
 from modgap.paths import LAB, SHIPPED
 
 
@@ -39,7 +40,7 @@ def expand_models(models: dict, lab_checkpoints: dict[str, str]) -> dict[str, Mo
             runs[key] = ModelRun(key, path=spec["path"], **options)
             continue
         for name, folder in lab_checkpoints.items():
-            strategy = name.split("@")[0].removeprefix("lab-")
+            strategy = parse_model(name).strategy
             if strategy in spec["lab"]:
                 runs[name] = ModelRun(name, path=folder, lab_strategy=strategy, **options)
     return runs

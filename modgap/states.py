@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from modgap.atomic import write_parquet
+from modgap.atomic import write_csv, write_parquet
 from modgap.corpus.items import Item
 from modgap.models import load_adapter
 from modgap.models.base import Inputs, SpeechLM
@@ -37,7 +37,10 @@ class StateSpec:
     batch_items: int = 16
 
 
-def corpus_items(table: pd.DataFrame) -> list[tuple[Item, str, np.ndarray]]:
+Row = tuple[Item, str, np.ndarray]  # (item, audio path, word spans [W, 2] in ms)
+
+
+def corpus_items(table: pd.DataFrame) -> list[Row]:
     """Usable rows of a corpus items table: (item, audio path, word spans [W, 2] in ms)."""
     ok = table[table["status"] == "ok"]
     return [
@@ -48,6 +51,12 @@ def corpus_items(table: pd.DataFrame) -> list[tuple[Item, str, np.ndarray]]:
         )
         for r in ok.itertuples()
     ]
+
+
+def speech_inputs(adapter: SpeechLM, row: Row) -> Inputs:
+    """The S prompt of a corpus row: its recording read from disk, with the word spans for position word indices."""
+    item, audio, spans = row
+    return adapter.speech_inputs(item, sf.read(audio, dtype="float32")[0], spans)
 
 
 def shard_rows(n_items: int, shard_items: int, shard: int) -> slice:
@@ -85,7 +94,7 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
 
 def dump_states(
     adapter: SpeechLM,
-    rows: list[tuple[Item, str, np.ndarray]],
+    rows: list[Row],
     style: str,
     out_path: str | Path,
     spec: StateSpec,
@@ -112,7 +121,7 @@ def dump_states(
             batch = todo[start : start + spec.batch_items]
             items = [item for item, *_ in batch]
             inputs = {
-                "S": [adapter.speech_inputs(it, sf.read(path, dtype="float32")[0], ms) for it, path, ms in batch],
+                "S": [speech_inputs(adapter, row) for row in batch],
                 "T": [adapter.text_inputs(it, style) for it in items],
             }
             runs = {
@@ -139,7 +148,7 @@ def accuracy_table(predictions: pd.DataFrame, **labels: str) -> pd.DataFrame:
 
 
 
-def shard_of(items_table: str | Path, shard: int, states: dict) -> tuple[list[tuple[Item, str, np.ndarray]], str]:
+def shard_of(items_table: str | Path, shard: int, states: dict) -> tuple[list[Row], str]:
     """The usable rows of one shard of a corpus items table, and the table's style; `states` is the config's
     `states` section (shard size, item cap)."""
     table = pd.read_parquet(items_table)
@@ -153,7 +162,8 @@ def shard_of(items_table: str | Path, shard: int, states: dict) -> tuple[list[tu
 
 def load_run(run: ModelRun, device: str | None = None) -> SpeechLM:
     """The adapter of a model run, on `device` (the GPU a job claimed, `modgap.devices.job_device`) or `run.device`."""
-    return load_adapter(run.family, run.path, run.dtype, device or run.device, run.attn_implementation, run.long_audio)
+    return load_adapter(run.family, run.path, dtype=run.dtype, device=device or run.device,
+                        attn_implementation=run.attn_implementation, long_audio=run.long_audio)
 
 
 def run_shard(run: ModelRun, items_table: str | Path, shard: int, states: dict, out_path: str | Path,
@@ -167,7 +177,9 @@ def run_shard(run: ModelRun, items_table: str | Path, shard: int, states: dict, 
         layers=None if states["layers"] == "all" else tuple(states["layers"]), dtype=states["dtype"],
         bitround_bits=states["bitround_bits"], norm=states["norm"], batch_items=states["batch_items"],
     )
-    digest = hashlib.sha256(json.dumps([run.to_dict(), states], sort_keys=True).encode()).hexdigest()[:12]
+    # the items too: a killed dump resumes only onto the same rows (a rebuilt corpus starts over)
+    items = [(it.id, path, spans.tolist()) for it, path, spans in rows]
+    digest = hashlib.sha256(json.dumps([run.to_dict(), states, items], sort_keys=True).encode()).hexdigest()[:12]
     return dump_states(adapter, rows, style, out_path, spec, run.name, config_hash=digest)
 
 
@@ -176,5 +188,5 @@ def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, a
     pred = pd.concat([predictions_table(StoreReader(s)) for s in stores], ignore_index=True)
     write_parquet(pred.drop(columns="item"), predictions_out)
     acc = accuracy_table(pred, **labels)
-    acc.to_csv(accuracy_out, index=False)
+    write_csv(acc, accuracy_out)
     return acc

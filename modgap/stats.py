@@ -23,13 +23,14 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
 
+from modgap.checkpoints import ALL
+
 BASE_COLUMNS = ("model", "strategy", "step", "id", "subject", "layer", "correct_S", "correct_T")
 ITEM_KEYS = ["model", "id"]
 CHECKPOINT_KEYS = ["model", "strategy", "step"]
 FIT_FIELDS = ("slope", "intercept", "r2", "pearson_r", "pearson_p", "spearman_rho", "spearman_p")
 BOOT_FIELDS = ("slope", "r2", "pearson_r", "spearman_rho")
 MIN_POINTS = 3  # with 2 points any line fits exactly (R² = 1): no fit or correlation below this
-ALL = "all"  # checkpoint_table's group of every checkpoint
 POOLED = "pooled"  # the group of item tests pooled over checkpoints (by=None)
 
 

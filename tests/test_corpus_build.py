@@ -1,5 +1,6 @@
 """Corpus drivers on real lab items: speech, alignment, agreement, exclusions and the summary."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,13 +86,14 @@ def test_native_recordings_are_resampled_and_aligned(tmp_path):
 def test_interrupted_write_leaves_no_table(tmp_path, monkeypatch):
     write_jsonl([Item("a", "s", "what is two plus three", ["five", "six"], 0)], tmp_path / "items.jsonl")
 
-    def boom(*_, **__):
+    def boom(self, path, *_, **__):  # half a file, then the process is interrupted
+        Path(path).write_bytes(b"PAR1")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", boom)
     with pytest.raises(KeyboardInterrupt):
         synthesize_split(tmp_path / "items.jsonl", "cloze", VoiceSpec("en-us", 175, 50), tmp_path / "s.parquet", tmp_path / "a")
-    assert not (tmp_path / "s.parquet").exists()
+    assert not (tmp_path / "s.parquet").exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_unknown_asr_gate_fails_fast_in_a_pool(tmp_path):

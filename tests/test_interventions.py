@@ -40,7 +40,6 @@ from modgap.interventions import (
     repeat_words,
     run_conditions,
     select_edits,
-    split_calibration,
     summarize,
 )
 from modgap.models import load_adapter
@@ -280,15 +279,6 @@ def test_calibration_statistics_come_from_the_calibration_items(setup, site):
         run_conditions(adapter, rows, STYLE, "none", [Calibration(site)])
 
 
-def test_split_calibration_is_disjoint_and_seeded(setup):
-    _, rows, _ = setup
-    cal, ev = split_calibration(rows, 2, seed=1)
-    assert len(cal) == 2 and len(ev) == len(rows) - 2
-    assert not {r[0].id for r in cal} & {r[0].id for r in ev}
-    assert [r[0].id for r in cal] == [r[0].id for r in split_calibration(rows, 2, seed=1)[0]]
-
-
-# --- redundancy ------------------------------------------------------------------------------------------------------
 def test_repeat_words_repeats_question_words_only():
     assert repeat_words("What is 5, plus ten?", 2) == "What What is is 5 5, plus plus ten ten?"
     assert repeat_words("don't stop", 3) == "don't don't don't stop stop stop"
@@ -528,3 +518,14 @@ def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(
     out = gather({"tiny": [str(tmp_path / "b.parquet")]}, tmp_path, k=3, stats_mode="per_dim")
     assert {"speech", "text", "calib-input", "angle all @0", "redundancy-r1"} == set(out["conditions"]["condition"])
     assert (tmp_path / "tables.md").is_file() and list(out["p1_table"]["model"]) == ["tiny"]
+
+
+def test_paired_interval_equals_the_wald_interval_of_per_item_differences():
+    from modgap.interventions.stage import _paired_ci
+
+    fixed, broken, n = 12, 5, 30
+    diff = np.r_[np.ones(fixed), -np.ones(broken), np.zeros(n - fixed - broken)]  # per item: after - before
+    se = diff.std() / np.sqrt(n)  # population sd of the paired differences
+    lo, hi = _paired_ci(fixed, broken, n)
+    assert lo == pytest.approx(100 * (diff.mean() - 1.959964 * se)) and hi == pytest.approx(100 * (diff.mean() + 1.959964 * se))
+    assert lo < 100 * (fixed - broken) / n < hi and _paired_ci(0, 0, n) == (0.0, 0.0)

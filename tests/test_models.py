@@ -356,6 +356,15 @@ def test_bfloat16_and_generation(paths):
     assert np.isfinite(a.score(s, ITEM, "letter").logliks).all()
     answer = a.generate(s, max_new_tokens=3)
     assert isinstance(answer, str) and extract_answer(answer, ITEM, "letter") in range(-1, len(ITEM.choices))
+    inputs, eos = a._model_inputs(s), a.model.generation_config.eos_token_id
+    ids = inputs["input_ids"]
+    with torch.no_grad(), a._condition("S"):
+        for _ in range(3):  # greedy decoding by hand, one full forward per token
+            logits = a.model(**{**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits
+            ids = torch.cat([ids, logits[:, -1:].argmax(-1)], 1)
+            if int(ids[0, -1]) in np.atleast_1d(eos if eos is not None else []):
+                break
+    assert answer == a.tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modgap.corpus.items import words_of
-from modgap.corpus.tts import _EV_WORD, EspeakTTS, Speech, TTSError
+from modgap.corpus.tts import _EV_WORD, EspeakTTS, Speech, TTSError, _espeak
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it has been gone for twenty-one days."
 FUSED = ["sit in the house", "it has been done", "one of the best"]
@@ -49,7 +49,8 @@ def test_duration_is_plausible_for_the_rate(tts):
 
 @pytest.mark.parametrize("text", FUSED)
 def test_fused_words_each_get_a_span(tts, text):
-    _, events = tts._raw(text)
+    with _espeak(tts.voice, tts.rate, tts.pitch) as engine:
+        _, events = engine.synth(text)
     assert sum(e.type == _EV_WORD for e in events) < len(words_of(text))  # espeak really fuses a pair here
     speech = tts.synthesize(text)
     assert_well_formed(speech, text)

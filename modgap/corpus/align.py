@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from typing import Protocol
 
 import numpy as np
 from pocketsphinx import Decoder
@@ -39,28 +38,12 @@ class AlignmentError(RuntimeError):
     """A recording that cannot be aligned to its text; the message says why."""
 
 
-class Aligner(Protocol):
-    """Maps word tokens (from `words_of`) to time spans in a recording."""
-
-    name: str
-
-    def oov(self, words: list[str]) -> list[str]:
-        """The tokens (original form, each once) that cannot be aligned."""
-        ...
-
-    def align(self, audio: np.ndarray, words: list[str]) -> list[WordTiming]:
-        """audio: [n] float32 at 16 kHz mono -> one WordTiming (ms) per token, in order."""
-        ...
-
-
 class PocketsphinxAligner:
     """Aligner on pocketsphinx's en-us acoustic model and dictionary (shipped in the wheel).
 
     Numbers are spelt out by `spoken_words`; a token's words merge into one span. Wide beams are
     needed: the defaults fail on longer audio with "Final result does not match the grammar".
     """
-
-    name = "pocketsphinx"
 
     def __init__(
         self, beam: float = 1e-200, wbeam: float = 1e-200, pbeam: float = 1e-200, max_unaligned: float = 0.2

@@ -17,7 +17,7 @@ import soxr
 from tqdm import tqdm
 
 from modgap.corpus.align import AlignmentError, PocketsphinxAligner
-from modgap.atomic import atomic_path, write_parquet, write_text
+from modgap.atomic import atomic, write_parquet, write_text
 from modgap.corpus.asr import make_recognizer, word_error_rate
 from modgap.corpus.datasets import load_items
 from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
@@ -31,9 +31,8 @@ from modgap.corpus.tts import EspeakTTS, TTSError
 def write_split(name: str, spec: dict, split: str, out_jsonl: str | Path, root: str | Path = ".") -> int:
     """Load dataset `name` and write one split as item JSONL; returns the item count."""
     items = load_items(name, spec, root)[split]
-    tmp = atomic_path(out_jsonl)
-    write_jsonl(items, tmp)
-    tmp.replace(out_jsonl)
+    with atomic(out_jsonl) as tmp:
+        write_jsonl(items, tmp)
     return len(items)
 
 
@@ -252,5 +251,5 @@ def write_summary(tables: dict[str, str], out_json: str | Path, out_md: str | Pa
         agree = f"{a['median_ms']:.0f} / {a['p90_ms']:.0f} / {a['max_ms']:.0f}" if a else "n/a (no TTS timings)"
         within = f"{a[f'within_{tolerance_ms:g}ms']:.1%}" if a else "n/a"
         lines.append(f"| {key} | {s['items']} | {s['ok']} | {excl} | {s['audio_s']:.0f} | {agree} | {within} |")
-    Path(out_md).write_text("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", out_md)
     return summary

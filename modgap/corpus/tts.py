@@ -197,11 +197,6 @@ class EspeakTTS:
         ]
         return Speech(np.clip(audio, -1.0, 1.0), SAMPLE_RATE, words)
 
-    def _raw(self, text: str) -> tuple[np.ndarray, list[_Event]]:
-        """espeak's own output: [n] int16 samples at its native rate (22050 Hz) and its events."""
-        with _espeak(self.voice, self.rate, self.pitch) as engine:
-            return engine.synth(text)
-
 
 def _owners(tokens: list[tuple[int, int]], positions: list[int]) -> list[int | None]:
     """The token each WORD event (at character `positions`) speaks: the token containing it, else the first token

@@ -5,7 +5,6 @@ from modgap.interventions.calibration import (
     CalibrationStats,
     MomentStats,
     check_held_out,
-    split_calibration,
 )
 from modgap.interventions.hooks import RowEdit, edit_rows, hooked, prefill_edited, prefill_recorded, record_rows
 from modgap.interventions.ops import angle_projection, length_normalization, moment_calibration
@@ -28,5 +27,5 @@ __all__ = [
     "angle_projection", "check_held_out", "conditions_from_config", "edit_rows", "fit_calibration", "hooked",
     "length_normalization", "mcnemar_exact", "moment_calibration", "p1_table", "p2_calibration_table",
     "prefill_edited", "prefill_recorded", "record_rows", "redundancy_table", "redundant_item", "repeat_words",
-    "resolve_layer", "run_conditions", "select_edits", "split_calibration", "summarize",
+    "resolve_layer", "run_conditions", "select_edits", "summarize",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from modgap.metrics.moments import MomentAccumulator
@@ -68,11 +67,3 @@ def check_held_out(calibration_ids: list[str], evaluated_ids: list[str]) -> None
         raise ValueError(f"calibration items must never be evaluated; {len(overlap)} item(s) are in both: {shown}")
     if not calibration_ids:
         raise ValueError("calibration needs at least one calibration item")
-
-
-def split_calibration(rows: list, n_calibration: int, seed: int = 0) -> tuple[list, list]:
-    """(calibration rows, evaluated rows): `n_calibration` rows drawn at random (seeded), the rest kept in order."""
-    if not 0 < n_calibration < len(rows):
-        raise ValueError(f"n_calibration must be in 1..{len(rows) - 1} for {len(rows)} rows, got {n_calibration}")
-    pick = set(np.random.default_rng(seed).choice(len(rows), n_calibration, replace=False).tolist())
-    return [r for i, r in enumerate(rows) if i in pick], [r for i, r in enumerate(rows) if i not in pick]

@@ -75,14 +75,11 @@ def p2_calibration_table(tables: dict[str, pd.DataFrame], stats_mode: str = "per
 
 def redundancy_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Text redundancy curve: one row per (model, r) with accuracy (percent), delta against baseline T (points),
-    fixed, broken, exact McNemar p and n_items."""
-    rows = []
-    for model, t in tables.items():
-        red = t[t["condition"] == "redundancy"]
-        for r, g in red.groupby("r", sort=True):
-            acc, base = float(g["correct"].mean()), float(g["baseline_correct"].mean())
-            rows.append({"model": model, "r": int(r), "accuracy": round(100 * acc, 2),
-                         "delta": round(100 * (acc - base), 2), "n_items": len(g),
-                         **{k: v for k, v in mcnemar_exact(g["baseline_correct"], g["correct"]).items()
-                            if k in ("fixed", "broken", "p_mcnemar")}})
-    return pd.DataFrame(rows, columns=["model", "r", "accuracy", "delta", "n_items", "fixed", "broken", "p_mcnemar"])
+    fixed, broken, exact McNemar p and n_items (`summarize` of the redundancy rows)."""
+    columns = ["model", "r", "accuracy", "delta", "n_items", "fixed", "broken", "p_mcnemar"]
+    frames = [summarize(t[t["condition"] == "redundancy"]).assign(model=model).sort_values("r")
+              for model, t in tables.items() if (t["condition"] == "redundancy").any()]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(r=out["r"].astype(int), accuracy=(100 * out["accuracy"]).round(2))[columns]

@@ -26,7 +26,6 @@ from typing import Union
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
@@ -36,11 +35,11 @@ from modgap.interventions.hooks import RowEdit, prefill_edited, prefill_recorded
 from modgap.interventions.ops import OPS, moment_calibration
 from modgap.interventions.redundancy import redundant_item
 from modgap.metrics import alignment_path, bottom_k_tokens, path_values, token_similarity
+from modgap.metrics.geometry import METRICS
 from modgap.metrics.moments import MomentAccumulator
-from modgap.models.base import Inputs, Scores, SpeechLM
+from modgap.models.base import Scores, SpeechLM
+from modgap.states import Row, speech_inputs
 
-Row = tuple[Item, str, np.ndarray]  # (item, audio path, word spans [W, 2] ms), as `modgap.states.corpus_items` gives
-METRICS = ("cos", "l2")
 _SELECT = re.compile(r"^(?:all|bottom-(\d+))$")
 COLUMNS = [
     "id", "condition", "label", "layer", "site", "select", "op", "metric", "select_layer", "r", "prediction",
@@ -129,6 +128,7 @@ class Redundancy:
 
 
 Condition = Union[Edit, Calibration, Redundancy]
+CONDITION_KEYS = ("layers", "ops", "select", "k", "metric", "select_layer", "calibration", "stats_mode", "redundancy")
 
 
 def conditions_from_config(section: dict) -> list[Condition]:
@@ -138,10 +138,9 @@ def conditions_from_config(section: dict) -> list[Condition]:
     select_layer [null: the edited layer], calibration [[input, output]], stats_mode ["per_dim"],
     redundancy [[1, 2, 4, 8]].
     """
-    known = {"layers", "ops", "select", "k", "metric", "select_layer", "calibration", "stats_mode", "redundancy"}
-    if unknown := set(section) - known:
+    if unknown := set(section) - set(CONDITION_KEYS):
         raise ValueError(f"unknown interventions key(s) {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(sorted(known))})")
+                         f"(known: {', '.join(sorted(CONDITION_KEYS))})")
     k = section.get("k", 3)
     selects = [f"bottom-{k}" if s == "bottom-k" else s for s in section.get("select", ["bottom-k", "all"])]
     out: list[Condition] = [
@@ -181,11 +180,6 @@ def select_edits(
 
 
 # --- forwards --------------------------------------------------------------------------------------------------------
-def _speech_inputs(adapter: SpeechLM, row: Row) -> Inputs:
-    item, audio, spans = row
-    return adapter.speech_inputs(item, sf.read(audio, dtype="float32")[0], spans)
-
-
 def fit_calibration(
     adapter: SpeechLM, rows: list[Row], style: str, layers: list[int | str], batch_items: int = 8
 ) -> dict[int, CalibrationStats]:
@@ -195,7 +189,7 @@ def fit_calibration(
     acc = {c: MomentAccumulator((len(idx), adapter.hidden_size)) for c in "ST"}
     for start in range(0, len(rows), batch_items):
         batch = rows[start : start + batch_items]
-        for c, inputs in (("S", [_speech_inputs(adapter, r) for r in batch]),
+        for c, inputs in (("S", [speech_inputs(adapter, r) for r in batch]),
                           ("T", [adapter.text_inputs(r[0], style) for r in batch])):
             _, states = prefill_recorded(adapter, inputs, idx)
             for h in states:  # [len(idx), n, d]
@@ -277,7 +271,7 @@ def run_conditions(
     for start in tqdm(range(0, len(rows), batch_items), desc="interventions", unit="batch", mininterval=5):
         batch = rows[start : start + batch_items]
         its = items[start : start + batch_items]
-        s_in = [_speech_inputs(adapter, r) for r in batch]
+        s_in = [speech_inputs(adapter, r) for r in batch]
         t_in = [adapter.text_inputs(it, style) for it in its]
         pre_s, rec_s = prefill_recorded(adapter, s_in, record)
         pre_t, rec_t = prefill_recorded(adapter, t_in, record)

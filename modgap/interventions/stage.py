@@ -10,13 +10,12 @@ import pandas as pd
 
 from modgap.atomic import write_csv, write_parquet, write_text
 from modgap.interventions.report import p1_table, p2_calibration_table, redundancy_table, summarize
-from modgap.interventions.runner import conditions_from_config, run_conditions
+from modgap.interventions.runner import CONDITION_KEYS, conditions_from_config, run_conditions
 from modgap.plan import ModelRun
 from modgap.states import corpus_items, load_run, shard_of
 from modgap.stats import to_markdown
 
 log = logging.getLogger("modgap")
-RUNNER_KEYS = ("layers", "ops", "select", "k", "metric", "select_layer", "calibration", "stats_mode", "redundancy")
 
 
 def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | None, shard: int, states: dict,
@@ -28,7 +27,7 @@ def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | N
     if section["calibration"] and calib_table is None:
         log.warning("%s has no calib split to fit P2's calibration statistics on: calibration skipped", test_table)
         section = {**section, "calibration": []}
-    conditions = conditions_from_config({k: section[k] for k in RUNNER_KEYS})
+    conditions = conditions_from_config({k: section[k] for k in CONDITION_KEYS})
     calibration = None
     if section["calibration"]:
         calibration = corpus_items(pd.read_parquet(calib_table))[: section["calib_items"]]
@@ -92,7 +91,7 @@ def gather(shards: dict[str, list[str]], out_dir: str | Path, k: int, stats_mode
     markdown = [f"# Interventions: {len(tables)} models, {n_items} items each\n"]
     for name, table in results.items():
         write_csv(table, out / f"{name}.csv")
-        markdown.append(f"## {name}\n\n{to_markdown(table.drop(columns=['loglik'], errors='ignore'))}\n")
+        markdown.append(f"## {name}\n\n{to_markdown(table)}\n")
     write_text("\n".join(markdown), out / "tables.md")
     log.info("interventions of %d models gathered in %s", len(tables), out)
     return results

@@ -5,13 +5,14 @@ Layout: `{out}/pretrain/text`, `{out}/pretrain/audio` (whole models + processor)
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
+from modgap.atomic import write_csv, write_parquet, write_text
+from modgap.checkpoints import parse_model
 from modgap.corpus.items import Item
 from modgap.corpus.lab_world import generate_lab, lab_vocabulary
 from modgap.lab import data, score, train
@@ -40,7 +41,7 @@ def save(model: Model, processor: Qwen2AudioProcessor, path: str | Path, log: di
     model.save_pretrained(path)
     processor.save_pretrained(path)
     if log is not None:
-        (path / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        write_text(json.dumps(log, indent=1) + "\n", path / "train_log.json")
 
 
 def speech(processor: Qwen2AudioProcessor, tables: list[str]) -> data.SpeechSet:
@@ -93,7 +94,7 @@ def run_align(
         model, speech(processor, tables), replay, processor, recipe, strategy,
         save=lambda step: save(model, processor, out / f"step{step}"),
     )
-    (out / "train_log.json").write_text(json.dumps({"recipe": recipe.to_dict(), strategy: log}, indent=1) + "\n")
+    write_text(json.dumps({"recipe": recipe.to_dict(), strategy: log}, indent=1) + "\n", out / "train_log.json")
     return log
 
 
@@ -107,15 +108,15 @@ def run_score(checkpoints: dict[str, str], test_table: str, out_csv: str, out_pr
         model, processor = load(path)
         pred = score.predictions(model, processor, items, data.speech_set(processor, items, waves))
         s = score.summarize(pred, items)
-        strategy, step = name.removeprefix("lab-").split("@step")
-        rows.append({"checkpoint": name, "strategy": strategy, "step": int(step),
+        checkpoint = parse_model(name)
+        rows.append({"checkpoint": name, "strategy": checkpoint.strategy, "step": checkpoint.step,
                      **{k: s[k] for k in ("text_acc", "speech_acc", "gap", "constant_baseline_acc", "n_items",
                                           "text_distinct", "speech_distinct", "speech_top_share")}})
         preds.append(pred.assign(checkpoint=name))
         details[name] = {"baseline": s["baseline"], "distribution": s["distribution"]}
-    pd.DataFrame(rows).to_csv(out_csv, index=False)
-    pd.concat(preds).to_parquet(out_predictions, index=False)
-    Path(out_json).write_text(json.dumps(details, indent=1) + "\n")
+    write_csv(pd.DataFrame(rows), out_csv)
+    write_parquet(pd.concat(preds), out_predictions)
+    write_text(json.dumps(details, indent=1) + "\n", out_json)
     return rows
 
 
@@ -123,12 +124,12 @@ def export(checkpoints: dict[str, str], recipe: Recipe, data_spec: dict, out: st
     """Ship checkpoints as fp16 safetensors under `{out}/{strategy}/step{N}/` plus `{out}/recipe.json`."""
     out = Path(out)
     for name, path in checkpoints.items():
-        strategy, step = name.removeprefix("lab-").split("@step")
+        checkpoint = parse_model(name)
         model, processor = load(path)
-        save(model.half(), processor, out / strategy / f"step{step}")
+        save(model.half(), processor, out / checkpoint.strategy / f"step{checkpoint.step}")
     meta = {"fingerprint": fingerprint(recipe, data_spec), "recipe": recipe.to_dict(), "data": data_spec,
             "checkpoints": sorted(checkpoints)}
-    (out / "recipe.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_text(json.dumps(meta, indent=1) + "\n", out / "recipe.json")
 
 
 def import_shipped(shipped: str | Path, strategy: str, recipe: Recipe, data_spec: dict, out: str | Path) -> list[str]:
@@ -142,10 +143,11 @@ def import_shipped(shipped: str | Path, strategy: str, recipe: Recipe, data_spec
             f"current recipe and data give {want}; set lab.source: train (and re-export), or restore the recipe"
         )
     names = []
-    for step_dir in sorted((shipped / strategy).glob("step*"), key=lambda p: int(p.name[4:])):
-        model, processor = load(step_dir)
-        save(model, processor, Path(out) / step_dir.name)
-        names.append(checkpoint_name(strategy, int(step_dir.name[4:])))
+    steps = sorted(int(p.name.removeprefix("step")) for p in (shipped / strategy).glob("step*"))
+    for step in steps:
+        model, processor = load(shipped / strategy / f"step{step}")
+        save(model, processor, Path(out) / f"step{step}")
+        names.append(checkpoint_name(strategy, step))
     if not names:
         raise ValueError(f"no shipped checkpoints for strategy {strategy!r} under {shipped}")
     return names

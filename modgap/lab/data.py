@@ -17,6 +17,7 @@ import torch
 from transformers import Qwen2AudioProcessor
 
 from modgap.corpus.items import Item, words_of
+from modgap.corpus.timing import SAMPLE_RATE
 from modgap.lab.model import messages
 from modgap.lab.tokenizer import AUDIO_BOS, AUDIO_EOS, IM_END, IM_START
 
@@ -139,11 +140,11 @@ def speech_set(processor: Qwen2AudioProcessor, items: list[Item], waves: list[np
     window = processor.feature_extractor.n_samples
     too_long = [it.id for it, w in zip(items, waves) if len(w) > window]
     if too_long:
-        raise ValueError(f"{len(too_long)} clips exceed the {window / 16000:g} s audio window, e.g. {too_long[0]}")
+        raise ValueError(f"{len(too_long)} clips exceed the {window / SAMPLE_RATE:g} s audio window, e.g. {too_long[0]}")
     text = user_turn(processor, None)
     feats, frames, users = [], [], []
     for w in waves:
-        enc = processor(text=text, audio=w, sampling_rate=16000, return_tensors="pt")
+        enc = processor(text=text, audio=w, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         feats.append(enc["input_features"][0].half())
         frames.append(int(enc["feature_attention_mask"].sum()))
         users.append(enc["input_ids"][0].tolist())
@@ -182,7 +183,7 @@ def load_table(path: str) -> tuple[list[Item], list[np.ndarray]]:
     for row in df.itertuples():
         items.append(Item(row.id, row.subject, row.question, list(row.choices), int(row.answer), row.audio))
         audio, sr = sf.read(row.audio, dtype="float32")
-        if sr != 16000:
+        if sr != SAMPLE_RATE:
             raise ValueError(f"{row.audio}: expected 16 kHz audio, got {sr} Hz")
         waves.append(audio)
     return items, waves

@@ -6,8 +6,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-STRATEGIES = ("frozen", "full")
-
 
 @dataclass(frozen=True)
 class Recipe:

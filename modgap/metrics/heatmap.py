@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from modgap.atomic import write_npz
 from modgap.store import StoreReader
 
-from .dtw import dtw_path
-from .item import dtw_score
+from .item import batched_dtw
 from .geometry import token_similarity
 from .paths import alignment_path
-from .stage import TRUTH_COLUMNS
+from .stage import truth_spans
 
 
 def chosen_ids(corpus: pd.DataFrame, items: int | list[str]) -> list[str]:
@@ -32,10 +32,9 @@ def item_heatmaps(reader: StoreReader, index: int, layers: list[int], band: int 
     `[K, 2]` (cosine objective, `band`), keyed `L{layer}/...`; plus `speech_ms` `[Ts, 2]` and `text_words` `[Tt]`."""
     hs, ht = reader.hidden("S", index, layers), reader.hidden("T", index, layers)
     sims = token_similarity(hs, ht, "cos")
-    out = {f"L{layer}/sim": sims[k].numpy() for k, layer in enumerate(layers)}
-    for k, (layer, path) in enumerate(zip(layers, alignment_path(sims, "cos"))):
-        out[f"L{layer}/argmax_path"] = path.numpy()
-        out[f"L{layer}/dtw_path"] = dtw_path(dtw_score({"cos": sims}, "cos")[k], band).numpy()
+    out = {}
+    for layer, sim, path, dtw in zip(layers, sims, alignment_path(sims, "cos"), batched_dtw(list(sims), band)):
+        out |= {f"L{layer}/sim": sim.numpy(), f"L{layer}/argmax_path": path.numpy(), f"L{layer}/dtw_path": dtw.numpy()}
     s, t = reader.positions("S", index), reader.positions("T", index)
     return out | {"speech_ms": s[["start_ms", "end_ms"]].to_numpy(np.float32), "text_words": t["word"].to_numpy()}
 
@@ -47,6 +46,7 @@ def heatmap_data(stores: list[str], corpus_table: str | Path, items: int | list[
     `layers`; negative ones count from the last stored layer)."""
     corpus = pd.read_parquet(corpus_table).set_index("id", drop=False)
     wanted = chosen_ids(corpus, items)
+    spans = truth_spans(corpus.loc[wanted], truth)
     arrays: dict[str, np.ndarray] = {}
     chosen: list[int] = []
     for store in stores:
@@ -55,15 +55,11 @@ def heatmap_data(stores: list[str], corpus_table: str | Path, items: int | list[
         for index, item_id in enumerate(reader.items):
             if item_id not in wanted:
                 continue
-            row = corpus.loc[item_id]
-            start, end = TRUTH_COLUMNS[truth]
             arrays |= {f"{item_id}/{k}": v for k, v in item_heatmaps(reader, index, chosen, band).items()}
-            arrays[f"{item_id}/words"] = np.asarray(row["words"], dtype=str)
-            arrays[f"{item_id}/word_spans_ms"] = np.stack([np.asarray(row[start], float), np.asarray(row[end], float)], 1)
+            arrays[f"{item_id}/words"] = np.asarray(corpus.at[item_id, "words"], dtype=str)
+            arrays[f"{item_id}/word_spans_ms"] = spans[item_id]
     found = sorted({k.split("/")[0] for k in arrays})
     if missing := sorted(set(wanted) - set(found)):
         raise ValueError(f"items {missing} are in no store of {stores}")
-    tmp = Path(out).with_name(f".{Path(out).name}.partial.npz")
-    np.savez_compressed(tmp, ids=np.asarray(wanted, dtype=str), layers=np.asarray(chosen), **arrays)
-    tmp.replace(out)
+    write_npz(out, ids=np.asarray(wanted, dtype=str), layers=np.asarray(chosen), **arrays)
     return wanted

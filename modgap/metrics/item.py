@@ -10,11 +10,9 @@ import torch
 from torch import Tensor
 
 from .dtw import dtw_paths
-from .geometry import pooled_similarity, token_norms, token_similarity
+from .geometry import METRICS, pooled_similarity, token_norms, token_similarity
 from .paths import alignment_path, path_consistency, path_monotonicity, path_values
 from .truth import argmax_path_truth, dtw_path_truth
-
-METRICS = ("cos", "l2")
 
 
 @dataclass

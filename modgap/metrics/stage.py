@@ -22,7 +22,7 @@ from tqdm import tqdm
 from modgap.atomic import write_csv, write_parquet, write_text
 from modgap.store import StoreReader
 
-from .cka import cka_accumulator, cka_readouts, matrix_agreement
+from .cka import CKAAccumulator, MinibatchCKA, cka_accumulator, cka_readouts, matrix_agreement
 from .dtw import aligned_pairs
 from .item import DTWConfig, ItemStates, base_paths, dtw_layer_truth, dtw_score, layer_metrics
 from .moments import MomentAccumulator, standardized_l2
@@ -101,6 +101,20 @@ def truth_spans(corpus: pd.DataFrame, truth: str) -> dict[str, np.ndarray]:
             for r in corpus.itertuples() if r.status == "ok"}
 
 
+def estimator_accumulators(n: int, d: int, cka: dict, device: torch.device) -> dict[str, CKAAccumulator | MinibatchCKA]:
+    """One CKA accumulator per estimator over `n` speech and text layers of width d; the exact accumulator holds the
+    sums of both estimators, so it is shared (half the memory of one per estimator)."""
+    make = lambda unbiased: cka_accumulator(n, n, d, d, unbiased, mode=cka["mode"], max_bytes=cka["max_bytes"],  # noqa: E731
+                                            device=device)
+    biased = make(False)
+    return {"biased": biased, "unbiased": biased if isinstance(biased, CKAAccumulator) else make(True)}
+
+
+def cka_result(acc: CKAAccumulator | MinibatchCKA, unbiased: bool) -> Tensor:
+    """`[L, M]` CKA of one estimator from its accumulator."""
+    return acc.result(unbiased) if isinstance(acc, CKAAccumulator) else acc.result()
+
+
 class MetricsRun:
     """Accumulates one (model, dataset, voice)'s metrics over its stores."""
 
@@ -114,9 +128,7 @@ class MetricsRun:
         self.configs = dtw_configs(options, self.layers)
         n, d = len(self.layers), first.manifest["d"]
         cka = options["cka"]
-        self.cka = {(c, e): cka_accumulator(n, n, d, d, unbiased, mode=cka["mode"], max_bytes=cka["max_bytes"],
-                                            device=device)
-                    for c in self.configs for e, unbiased in ESTIMATORS.items()}
+        self.cka = {c: estimator_accumulators(n, d, cka, device) for c in self.configs}
         self.moments = MomentAccumulator((n, d), device=device)
         self.paths: dict[str, Tensor] = {}  # default-config DTW path per item, for pass 2
         self.columns: dict[str, list[np.ndarray]] = {}
@@ -137,8 +149,8 @@ class MetricsRun:
             for config in self.configs:
                 for b, path in zip(batch, base_paths(scores[config.metric], config)):
                     xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options["pairs"])
-                    for estimator in ESTIMATORS:
-                        self.cka[config, estimator].update(xs, ys)
+                    for acc in {id(a): a for a in self.cka[config].values()}.values():  # shared when exact
+                        acc.update(xs, ys)
                     if config == default:
                         self.moments.update(torch.cat([xs, ys], dim=1))
                         self.paths[b.id] = path.to("cpu", torch.int32)
@@ -173,15 +185,16 @@ class MetricsRun:
 
     def cka_table(self) -> pd.DataFrame:
         """Long table: config, base_layer, metric, band, estimator, speech_layer, text_layer, cka."""
-        frames = []
-        for (config, estimator), acc in self.cka.items():
-            m = acc.result().double().cpu().numpy()
-            li, mi = np.meshgrid(self.layers, self.layers, indexing="ij")
-            frames.append(pd.DataFrame({
+        li, mi = np.meshgrid(self.layers, self.layers, indexing="ij")
+        frames = [
+            pd.DataFrame({
                 "config": config.label, "base_layer": config.base_layer, "metric": config.metric,
                 "band": -1 if config.band is None else config.band, "estimator": estimator,
-                "speech_layer": li.ravel(), "text_layer": mi.ravel(), "cka": m.ravel(),
-            }))
+                "speech_layer": li.ravel(), "text_layer": mi.ravel(),
+                "cka": cka_result(acc, ESTIMATORS[estimator]).double().cpu().numpy().ravel(),
+            })
+            for config, accumulators in self.cka.items() for estimator, acc in accumulators.items()
+        ]
         return pd.concat(frames, ignore_index=True)
 
     def metadata(self, labels: dict) -> dict:
@@ -211,7 +224,7 @@ def summary(items: pd.DataFrame, cka: pd.DataFrame, readouts: pd.DataFrame, meta
     matrices = {k: g.pivot(index="speech_layer", columns="text_layer", values="cka").to_numpy()
                 for k, g in cka.groupby(["config", "estimator"], sort=False)}
     default = meta["dtw_configs"][0]["label"]
-    stability = {f"{c}/{e}": matrix_agreement(torch.tensor(m), torch.tensor(matrices[default, e]))
+    stability = {f"{c}/{e}": _num(matrix_agreement(torch.tensor(m), torch.tensor(matrices[default, e])))
                  for (c, e), m in matrices.items() if c != default}
     return {
         **meta,
@@ -246,6 +259,6 @@ def run_metrics(stores: list[str], corpus_table: str | Path, options: dict, devi
     write_parquet(cka, out["cka"])
     write_csv(readouts, out["readouts"])
     result = summary(items, cka, readouts, meta) | {"seconds": round(time.perf_counter() - t0, 2)}
-    write_text(json.dumps(result, indent=1, default=str), out["summary"])
+    write_text(json.dumps(result, indent=1, default=str, allow_nan=False), out["summary"])
     log.info("metrics of %d items in %.1f s on %s", result["n_items"], result["seconds"], device)
     return result

@@ -25,8 +25,9 @@ from torch.utils.hooks import RemovableHandle
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.cache_utils import Cache, DynamicCache
 
-from modgap.corpus.timing import SAMPLE_RATE
 from modgap.corpus.items import LETTERS, Item, Style, spoken_text, words_of
+from modgap.corpus.timing import SAMPLE_RATE
+from modgap.devices import resolve_device
 
 Condition = Literal["S", "T"]
 LongAudio = Literal["reject", "window"]
@@ -154,8 +155,7 @@ class SpeechLM:
             raise ValueError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
         if long_audio not in LONG_AUDIO:
             raise ValueError(f"unknown long_audio {long_audio!r} (known: {', '.join(LONG_AUDIO)})")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         model = cls.model_class.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
         return cls(path, model.to(device).eval(), AutoTokenizer.from_pretrained(path), long_audio, prompt)
 

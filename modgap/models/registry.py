@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-from modgap.models.base import LongAudio, Prompt, SpeechLM
+from modgap.models.base import SpeechLM
 from modgap.models.granite_speech import GraniteSpeech
 from modgap.models.qwen2_5_omni import Qwen25Omni
 from modgap.models.qwen2_audio import Qwen2Audio
@@ -14,18 +15,11 @@ FAMILIES: dict[str, type[SpeechLM]] = {c.family: c for c in (Qwen2Audio, Qwen25O
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_adapter(
-    family: str,
-    path: str | Path,
-    dtype: str = "float32",
-    device: str = "auto",
-    attn_implementation: str | None = None,
-    long_audio: LongAudio = "reject",
-    prompt: Prompt = Prompt(),
-) -> SpeechLM:
+def load_adapter(family: str, path: str | Path, **options: Any) -> SpeechLM:
     """Load a speech LLM of `family` from a local folder or a hub id (`from_pretrained`; offline needs the cache).
 
-    dtype: float32, bfloat16 or float16; device: cpu, cuda or auto (cuda if available); long_audio: reject or window.
+    options: `SpeechLM.load`'s keywords (dtype float32 | bfloat16 | float16, device cpu | cuda | auto,
+    attn_implementation, long_audio reject | window, prompt), with its defaults.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
@@ -34,4 +28,4 @@ def load_adapter(
         raise FileNotFoundError(f"{family}: model path {str(path)!r} does not exist (and is not a hub id like "
                                 "'Qwen/Qwen2-Audio-7B-Instruct')")
     where = str(local) if local.exists() else str(path)
-    return FAMILIES[family].load(where, dtype, device, attn_implementation, long_audio, prompt)
+    return FAMILIES[family].load(where, **options)

@@ -10,12 +10,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from modgap.checkpoints import ALL
+
 from .layers import METRIC_LABELS, item_means
 from .style import (DOUBLE_COLUMN, OKABE_ITO, bar_width, category_axis, figure_legend, new_figure, order_models,
                     step_shades, strategy_colors, strategy_markers, styled)
 
 GAP_METRICS = ("cos", "l2", "aps_cos", "aps_l2")
-POOLED = "all"  # the fits' group name for all checkpoints together
 
 
 def fit_label(group: str, fit: pd.Series) -> str:
@@ -50,10 +51,10 @@ def gap_scatter(points: pd.DataFrame, fits: pd.DataFrame, metrics: Sequence[str]
                            color=step_shades(kw["color"], len(group)), marker=kw["marker"], gid="checkpoint")
                 handles.append(Line2D([], [], linestyle="none", label=strategy, **kw))
             for _, fit in fits[fits["x"] == metric].iterrows():
-                group = points if fit["strategy"] == POOLED else points[points["strategy"] == fit["strategy"]]
+                group = points if fit["strategy"] == ALL else points[points["strategy"] == fit["strategy"]]
                 if group.empty:
                     continue
-                pooled = fit["strategy"] == POOLED
+                pooled = fit["strategy"] == ALL
                 color = OKABE_ITO["black"] if pooled else colors[fit["strategy"]]
                 x = np.linspace(group[metric].min(), group[metric].max(), 2)
                 (line,) = ax.plot(x, fit["slope"] * x + fit["intercept"], color=color, gid="fit",

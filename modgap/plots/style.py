@@ -7,7 +7,6 @@ smallest relative size "small" is 8.3 pt), so one `font.size` in the config styl
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
+from modgap.atomic import atomic
 from modgap.checkpoints import parse_model
 
 OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
@@ -58,9 +58,8 @@ def save(fig: Figure, paths: Iterable[str | Path]) -> None:
     """Write `fig` to each path (format from the suffix: .png, .pdf) through a temporary sibling, then rename."""
     for path in map(Path, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        fig.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight", pad_inches=0.03)
-        tmp.replace(path)
+        with atomic(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight", pad_inches=0.03)
 
 
 # ---------------------------------------------------------------- checkpoints
