@@ -212,6 +212,12 @@ def test_bitround_effect_on_metrics(tmp_path):
             for k in "ab"}
     raw = exact.offsets("S")[-1] * len(LAYERS) * 64 * 2
     assert size["a"] <= raw and size["b"] <= raw * disk_factor("float16", 7) * 1.02
+    for reader, bits in ((exact, None), (lossy, 7)):  # the dry run's estimate against the whole store on disk
+        n = len(reader.items)
+        on_disk = sum(len(v) for v in files(reader.path).values())
+        estimate = estimate_bytes(n, reader.offsets("S")[-1] / n, reader.offsets("T")[-1] / n, LAYERS, 64,
+                                  bitround_bits=bits)
+        assert abs(estimate - on_disk) < 0.15 * on_disk
 
 
 def test_reader_reads_only_needed_chunks(tmp_path, monkeypatch):

@@ -151,6 +151,14 @@ def speech_set(processor: Qwen2AudioProcessor, items: list[Item], waves: list[np
     return SpeechSet(list(items), torch.stack(feats), torch.tensor(frames), users)
 
 
+def token_logp(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`[B, T-1]` log-probability of each next label under `logits` `[B, T, V]` (labels `[B, T]`, unshifted), 0 where
+    the label is IGNORE."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    return logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * (target != IGNORE)
+
+
 def collate(seqs: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask, labels and weights, each [B, T]."""
     width = max(len(s.ids) for s in seqs)

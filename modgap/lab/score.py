@@ -9,7 +9,7 @@ import torch
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from modgap.corpus.items import Item
-from modgap.lab.data import IGNORE, Sequence, SpeechSet, answer_cue, collate, speech_batch, text_user, words
+from modgap.lab.data import IGNORE, Sequence, SpeechSet, answer_cue, collate, speech_batch, text_user, token_logp, words
 
 Model = Qwen2AudioForConditionalGeneration
 
@@ -40,9 +40,7 @@ def logliks(
         rep = [r for r, k in zip(rows, per_item) for _ in range(k)]
         b = speech_batch(sset, rep, seqs, pad) if sset is not None else collate(seqs, pad)
         inputs = {k: v for k, v in b.items() if k not in ("labels", "weights")}
-        logp = torch.log_softmax(model(**inputs).logits[:, :-1].float(), -1)
-        target = b["labels"][:, 1:]
-        ll = (logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * (target != IGNORE)).sum(-1)
+        ll = token_logp(model(**inputs).logits, b["labels"]).sum(-1)
         out += [row.tolist() for row in torch.split(ll, per_item)]
     width = max(len(r) for r in out)
     return np.array([r + [-np.inf] * (width - len(r)) for r in out])

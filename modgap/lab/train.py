@@ -16,7 +16,7 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from transformers.masking_utils import create_bidirectional_mask
 
 from modgap.lab.data import (
-    IGNORE, LossWeights, Sequence, SpeechSet, collate, speech_batch, training_sequence, words,
+    LossWeights, Sequence, SpeechSet, collate, speech_batch, token_logp, training_sequence, words,
 )
 from modgap.lab.recipe import Recipe
 
@@ -45,10 +45,7 @@ def batches(n: int, size: int, seed: int) -> Iterator[list[int]]:
 
 def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean over rows of sum_t weight_t * NLL_t; logits [B, T, V], labels and weights [B, T] (unshifted)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    target = labels[:, 1:]
-    nll = -logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * (target != IGNORE)
-    return (nll * weights[:, 1:]).sum() / logits.shape[0]
+    return -(token_logp(logits, labels) * weights[:, 1:]).sum() / logits.shape[0]
 
 
 def sequence_loss(model: Model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
