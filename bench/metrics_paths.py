@@ -6,8 +6,8 @@ Synthetic items (Ts 100-250 speech positions, Tt 15-40 text tokens; speech repea
 positions, plus noise and a shared offset, so cosines are mostly positive as in real models). Both sides start from
 the same per-item cos and L2 similarity matrices `[layers, Ts, Tt]` (`token_similarity`, untimed) and compute every
 (item, layer)'s argmax paths (cos and L2) and DTW path (on the cosine matrix):
-  ours: the DTW inputs padded into `[B * layers, Ts_max, Tt_max]` (one copy per item) and one `dtw_paths` call
-        (padding timed with it);
+  ours: `modgap.metrics.item.batched_dtw`, as the metrics stage calls it: the inputs padded into
+        `[B * layers, Ts_max, Tt_max]` (one copy per item) and one `dtw_paths` call (padding timed with it);
         `alignment_path` per item on all layers at once (padding these costs more than it saves);
   baseline: a loop over items and layers, numpy argmax / argmin, and DTW as a plain Python dynamic program (same
             tie rule and band). It runs on the first `baseline-items` items only; its times are scaled to all items
@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from timing import timed
 
-from modgap.metrics import alignment_path, dtw_paths, token_similarity
+from modgap.metrics import alignment_path, token_similarity
+from modgap.metrics.item import batched_dtw
 
 Items = list[tuple[torch.Tensor, torch.Tensor]]  # per item: (speech, text) states, or (cos, L2) matrices
 
@@ -56,18 +57,6 @@ def similarities(items: Items, device: torch.device) -> Items:
 def torch_argmax(matrices: Items) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per item, the argmax paths (cos, L2) `[layers, Tt]` of all layers at once (padding them costs more)."""
     return [(alignment_path(cos, "cos"), alignment_path(l2, "l2")) for cos, l2 in matrices]
-
-
-def batched_dtw(matrices: Items, band: float | None) -> list[torch.Tensor]:
-    """DTW paths of every (item, layer) cosine matrix, item-major: padded into `[B * layers, Ts_max, Tt_max]` (one
-    copy per item, all its layers at once), one `dtw_paths` call."""
-    layers = len(matrices[0][0])
-    ls = torch.tensor([cos.shape[1] for cos, _ in matrices]).repeat_interleave(layers)
-    lt = torch.tensor([cos.shape[2] for cos, _ in matrices]).repeat_interleave(layers)
-    sims = matrices[0][0].new_empty(len(matrices), layers, int(ls.max()), int(lt.max()))  # padding: any value
-    for k, (cos, _) in enumerate(matrices):
-        sims[k, :, : cos.shape[1], : cos.shape[2]] = cos
-    return dtw_paths(sims.flatten(0, 1), ls, lt, band)
 
 
 def python_dtw(sim: list[list[float]], band: float | None) -> list[tuple[int, int]]:
@@ -128,11 +117,11 @@ def main() -> None:
     device, cpu = torch.device(args.device), torch.device("cpu")
     items = make_items(args.items, args.layers, args.d, args.seed)
     n_base = min(args.baseline_items, args.items)
-    batched_dtw(similarities(items[:2], device), args.band)  # warm-up
+    batched_dtw([cos for cos, _ in similarities(items[:2], device)], args.band)  # warm-up
 
     matrices = similarities(items, device)
     t_argmax, paths = timed(lambda: torch_argmax(matrices), device, args.repeat)
-    t_dtw, dtw = timed(lambda: batched_dtw(matrices, args.band), device, args.repeat)
+    t_dtw, dtw = timed(lambda: batched_dtw([cos for cos, _ in matrices], args.band), device, args.repeat)
     matrices_np = [(cos.cpu().numpy(), l2.cpu().numpy()) for cos, l2 in matrices[:n_base]]
     t_base_argmax, (base_cos, base_l2) = timed(lambda: baseline_argmax(matrices_np), cpu)
     t_base_dtw, base_dtw = timed(lambda: baseline_dtw(matrices_np, args.band), cpu)

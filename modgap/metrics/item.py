@@ -70,19 +70,24 @@ def layer_metrics(x: ItemStates, matrices: dict[str, Tensor]) -> dict[str, Tenso
 
 
 def batched_dtw(scores: list[Tensor], band: int | None) -> list[Tensor]:
-    """DTW paths (`[K, 2]` each) of several `[Ts, Tt]` score matrices, padded into one batched wavefront."""
-    ls = torch.tensor([s.shape[0] for s in scores])
-    lt = torch.tensor([s.shape[1] for s in scores])
-    padded = scores[0].new_zeros((len(scores), int(ls.max()), int(lt.max())))
-    for k, s in enumerate(scores):
-        padded[k, : s.shape[0], : s.shape[1]] = s
+    """DTW paths (`[K, 2]` each) of several score matrices `[Ts, Tt]` or stacks of them `[n, Ts, Tt]` (one path per
+    matrix, in order), padded into one batched wavefront: one copy per stack, padding left unset (`dtw_paths` never
+    reads it)."""
+    stacks = [s.reshape(-1, *s.shape[-2:]) for s in scores]
+    ls = torch.tensor([s.shape[1] for s in stacks for _ in range(len(s))])
+    lt = torch.tensor([s.shape[2] for s in stacks for _ in range(len(s))])
+    padded = stacks[0].new_empty((len(ls), int(ls.max()), int(lt.max())))
+    row = 0
+    for s in stacks:
+        padded[row : row + len(s), : s.shape[1], : s.shape[2]] = s
+        row += len(s)
     return dtw_paths(padded, ls, lt, band)
 
 
 def dtw_layer_truth(items: list[ItemStates], scores: list[Tensor], band: int | None) -> list[dict[str, Tensor]]:
     """Per item, the DTW path of every layer checked against the true word spans: gt_hit_dtw and gt_miss_ms_dtw,
     each `[layers]`. `scores[k]` is item k's `[layers, Ts, Tt]` DTW score matrix."""
-    paths = batched_dtw([layer for s in scores for layer in s], band)
+    paths = batched_dtw(scores, band)
     out = []
     for k, x in enumerate(items):
         n = scores[k].shape[0]
