@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from modgap.corpus.build import AlignSpec, VoiceSpec, align_split, synthesize_split
+from modgap.corpus.stage import AlignSpec, VoiceSpec, align_split, synthesize_split
 from modgap.corpus.items import write_jsonl
 from modgap.corpus.lab_world import generate_lab
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from modgap.config import validate_config
-from modgap.store import CondBatch, StoreWriter
+from modgap.states.store import CondBatch, StoreWriter
 
 MS = 40.0
 

@@ -65,13 +65,14 @@ def stage_states(n_items: int, shard: int, work: Path, model: str, table: str) -
     """One states_dump job: shard `shard` of `n_items` items of `table`, every layer, float16, 1 torch thread."""
     import torch
 
+    from modgap.config import default_section
     from modgap.plan import ModelRun
-    from modgap.states import run_shard
+    from modgap.states.options import StatesOptions
+    from modgap.states.stage import run_shard
 
     torch.set_num_threads(1)
     run = ModelRun("bench", "qwen2_audio", model, device="cpu")
-    states = {"layers": "all", "dtype": "float16", "bitround_bits": None, "norm": "none", "batch_items": 16,
-              "shard_items": n_items, "max_items": None}
+    states = StatesOptions.from_config(default_section("states", shard_items=n_items))
     out = store_path(work, n_items, shard)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -83,11 +84,12 @@ def stage_metrics(n_items: int, shard: int, work: Path, model: str, table: str) 
     """One metrics job over the store `stage_states` wrote for (n_items, shard): default options, CPU, 1 thread."""
     import torch
 
-    from modgap.config import validate_config
+    from modgap.config import default_section
+    from modgap.metrics.options import MetricsOptions
     from modgap.metrics.stage import run_metrics
 
     torch.set_num_threads(1)
-    options = validate_config({"datasets": {"lab": {"source": "lab"}}})["metrics"]
+    options = MetricsOptions.from_config(default_section("metrics"))
     out = work / f"metrics_n{n_items}_s{shard}"
     out.mkdir(exist_ok=True)
     outs = {k: out / f"{k}.{ext}" for k, ext in
@@ -171,7 +173,7 @@ def write_speed_mb_s(layers: int, d: int) -> float:
 
 def paper_scale(args: argparse.Namespace) -> None:
     from modgap.plan import ASSUMED_SPANS
-    from modgap.store import estimate_bytes
+    from modgap.states.store import estimate_bytes
 
     n, L, d = args.paper_items, args.paper_layers, args.paper_d
     write = args.write_mb_s or write_speed_mb_s(L, d)
@@ -200,7 +202,7 @@ def paper_scale(args: argparse.Namespace) -> None:
           f"H100's dense bf16 peak); {args.host_ms:g} ms of host work per item (ASSUMED: FLAC, 30 s log-mel, "
           f"tokenizing); store writes at {write:.0f} MB/s ({source}); {args.load_s:g} s to load the model per shard "
           f"job of {args.shard_items} items (ASSUMED: ~17 GB of bf16 weights). Spans: modgap.plan.ASSUMED_SPANS "
-          f"(25 audio positions per second). BitRound: modgap.store.disk_factor (0.80 of fp16 at 7 bits, measured).")
+          f"(25 audio positions per second). BitRound: modgap.states.store.disk_factor (0.80 of fp16 at 7 bits, measured).")
     print("Multiply by the number of models (each lab or real checkpoint) and datasets of the study.")
 
 

@@ -5,7 +5,7 @@ Usage: python bench/states_overhead.py [--model DIR] [--items 200] [--batch 16] 
 Takes the first `items` lab test items (cloze, voice en-us+f3) and times, interleaved over `repeat` rounds, each over
 S and T of every item in batches of `batch`:
   (p) building the inputs alone (read audio, log-mel features, tokenize);
-  (a) plain prefill forwards (`prefill_batch(hidden=False)`: no hidden states, no scoring) on prebuilt inputs;
+  (a) plain prefill forwards (`spine.forward(hidden=False)`: no hidden states, no scoring) on prebuilt inputs;
   (b) prefill forwards with the span hidden states of every layer (capture only) on prebuilt inputs;
   (c) the whole `dump_states` of every layer into a new store (inputs + capture + option scoring + write).
 Prints per mode the fastest and median round, items/s, and for (c) the MB/s of hidden state written (float16 bytes
@@ -27,30 +27,31 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import pandas as pd
 import torch
 from timing import load_average
 
-from modgap.corpus.items import Item
+from modgap.config import default_section
+from modgap.corpus.table import Row, read_rows
 from modgap.models import Inputs, SpeechLM, load_adapter
-from modgap.states import StateSpec, corpus_items, dump_states, speech_inputs
+from modgap.states.options import StatesOptions
+from modgap.states.spine import condition_inputs, forward
+from modgap.states.stage import dump_states
 
 ITEMS = "results/corpus/lab/test/en-us+f3/items.parquet"
 MODELS = ("results/lab/full/step400", "lab/checkpoints/full/step400")
 
 
-def build_inputs(adapter: SpeechLM, rows: list[tuple[Item, str, np.ndarray]], style: str) -> list[list[Inputs]]:
+def build_inputs(adapter: SpeechLM, rows: list[Row], style: str) -> list[list[Inputs]]:
     """S and T inputs of every row, as two lists (conditions) of per-item inputs."""
-    speech = [speech_inputs(adapter, row) for row in rows]
-    return [speech, [adapter.text_inputs(it, style) for it, *_ in rows]]
+    return [condition_inputs(adapter, rows, style, c) for c in ("S", "T")]
 
 
 def prefill_all(adapter: SpeechLM, inputs: list[list[Inputs]], batch: int, hidden: bool) -> None:
-    """`prefill_batch` over both conditions of every item, `batch` items per forward."""
+    """The spine's forward over both conditions of every item, `batch` items per forward (no readouts)."""
     for cond in inputs:
         for start in range(0, len(cond), batch):
-            adapter.prefill_batch(cond[start : start + batch], hidden=hidden)
+            forward(adapter, cond[start : start + batch], hidden=hidden)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -74,9 +75,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(ITEMS)
-    style, rows = table["style"].iloc[0], corpus_items(table)[: args.items]
+    style, rows = table["style"].iloc[0], read_rows(table)[: args.items]
     adapter = load_adapter("qwen2_audio", args.model, device=args.device)
-    spec = StateSpec(batch_items=args.batch)  # every layer, float16
+    spec = StatesOptions.from_config(default_section("states", batch_items=args.batch))  # every layer, float16
     inputs = build_inputs(adapter, rows, style)
     positions = sum(len(x.span) for cond in inputs for x in cond)
     raw_mb = positions * (adapter.n_layers + 1) * adapter.hidden_size * 2 / 1e6

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modgap.store import CondBatch, StoreWriter
+from modgap.states.store import CondBatch, StoreWriter
 
 
 def batches(args: argparse.Namespace) -> list[tuple[list[str], dict[str, CondBatch]]]:

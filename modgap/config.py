@@ -92,3 +92,12 @@ def _check_dataset(name: str, spec: dict, root: Path) -> None:
             raise ConfigError(f"config key {key}.splits: source {spec['source']!r} has only the 'test' split")
     elif "path" in spec:
         raise ConfigError(f"config key {key}.path: not used by source 'lab'")
+
+
+def default_section(section: str, **overrides) -> dict:
+    """One config section with every schema default filled in, then `overrides` (a dict value merges one level
+    deep), as library callers outside the workflow (tests, benchmarks) need it."""
+    cfg = validate_config({"datasets": {"lab": {"source": "lab"}}})[section]
+    for k, v in overrides.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return validate_config({"datasets": {"lab": {"source": "lab"}}, section: cfg})[section]

@@ -46,8 +46,17 @@ def expand_models(models: dict, lab_checkpoints: dict[str, str]) -> dict[str, Mo
     return runs
 
 
+def shard_rows(n_items: int, shard_items: int, max_items: int | None, shard: int) -> slice:
+    """The table rows of shard `shard`: the first `max_items` (default all) of `n_items` rows cut into shards of
+    `shard_items`. The one definition of shard membership (`shard_count` counts these)."""
+    n = n_items if max_items is None else min(n_items, max_items)
+    if not 0 <= shard * shard_items < max(n, 1):
+        raise ValueError(f"shard {shard} is empty: {n} items in shards of {shard_items}")
+    return slice(shard * shard_items, min((shard + 1) * shard_items, n))
+
+
 def shard_count(n_items: int, shard_items: int, max_items: int | None = None) -> int:
-    """Number of shards of `shard_items` covering the first `max_items` (default all) of `n_items` items."""
+    """Number of shards `shard_rows` cuts the first `max_items` (default all) of `n_items` items into."""
     n = n_items if max_items is None else min(n_items, max_items)
     return max(1, math.ceil(n / shard_items))
 
@@ -84,7 +93,7 @@ def mean_spans(table: str | Path, style: str) -> tuple[float, float]:
 
 def storage_report(runs: dict[str, ModelRun], datasets: dict[str, tuple[int, str]], states: dict) -> list[str]:
     """Lines of a storage estimate: per model and dataset (items, corpus table, style), bytes on disk of all shards."""
-    from modgap.store import estimate_bytes  # zarr and torch: only for a dry run's estimate, not every parse
+    from modgap.states.store import estimate_bytes  # zarr and torch: only for a dry run's estimate, not every parse
 
     lines, total = [], 0
     for name, run in runs.items():

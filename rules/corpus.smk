@@ -20,7 +20,7 @@ rule corpus_items:
     benchmark:
         f"{BENCH}/corpus_items/{{dataset}}/{{split}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/corpus_items.py"
 
@@ -44,7 +44,7 @@ rule corpus_speech:
     benchmark:
         f"{BENCH}/corpus_speech/{{dataset}}/{{split}}/{{voice}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/corpus_speech.py"
 
@@ -66,7 +66,7 @@ rule corpus_align:
     benchmark:
         f"{BENCH}/corpus_align/{{dataset}}/{{split}}/{{voice}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/corpus_align.py"
 
@@ -93,6 +93,6 @@ rule corpus_summary:
     benchmark:
         f"{BENCH}/corpus_summary/{{dataset}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/corpus_summary.py"

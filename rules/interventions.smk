@@ -1,6 +1,7 @@
 # Interventions: every model re-scores each test shard under P1's edits, P2's calibration and text redundancy
 # (forward passes with hooks, one job per shard), then one job gathers the papers' tables per (dataset, voice).
 INTERVENTIONS = "results/interventions/{dataset}/{voice}"
+INTERVENTION_TABLES = ["conditions", "p1_table", "calibration", "redundancy"]
 
 
 rule interventions_shard:
@@ -24,7 +25,7 @@ rule interventions_shard:
     benchmark:
         f"{BENCH}/interventions/{{dataset}}/{{voice}}/{{model}}/shard{{shard}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/interventions_shard.py"
 
@@ -35,11 +36,11 @@ rule interventions:
                     for k in range(n_shards(wc.dataset))],
     output:
         per_item=f"{INTERVENTIONS}/items.parquet",
-        tables=expand(f"{INTERVENTIONS}/{{table}}.csv", table=["conditions", "p1_table", "calibration", "redundancy"],
-                      allow_missing=True),
+        tables=expand(f"{INTERVENTIONS}/{{table}}.csv", table=INTERVENTION_TABLES, allow_missing=True),
         markdown=report(f"{INTERVENTIONS}/tables.md", caption="../workflow/report/interventions_tables.rst",
                         category="Interventions"),
     params:
+        tables=INTERVENTION_TABLES,
         models=intervention_models(),
         shards=lambda wc: n_shards(wc.dataset),
         k=config["interventions"]["k"],
@@ -51,6 +52,6 @@ rule interventions:
     log:
         f"{LOGS}/interventions/{{dataset}}/{{voice}}/gather.log",
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/interventions.py"

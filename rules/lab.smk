@@ -29,7 +29,7 @@ if LAB_PLAN.shipped:
         log:
             f"{LOGS}/lab_import/{{strategy}}.log",
         conda:
-            "../envs/corpus.yaml"
+            "../envs/modgap.yaml"
         script:
             "../scripts/lab_import.py"
 
@@ -50,7 +50,7 @@ else:
         benchmark:
             f"{BENCH}/lab_text.tsv"
         conda:
-            "../envs/corpus.yaml"
+            "../envs/modgap.yaml"
         script:
             "../scripts/lab_text.py"
 
@@ -71,7 +71,7 @@ else:
         benchmark:
             f"{BENCH}/lab_audio.tsv"
         conda:
-            "../envs/corpus.yaml"
+            "../envs/modgap.yaml"
         script:
             "../scripts/lab_audio.py"
 
@@ -93,7 +93,7 @@ else:
         benchmark:
             f"{BENCH}/lab_align/{{strategy}}.tsv"
         conda:
-            "../envs/corpus.yaml"
+            "../envs/modgap.yaml"
         script:
             "../scripts/lab_align.py"
 
@@ -113,7 +113,7 @@ else:
         log:
             f"{LOGS}/lab_export.log",
         conda:
-            "../envs/corpus.yaml"
+            "../envs/modgap.yaml"
         script:
             "../scripts/lab_export.py"
 
@@ -138,6 +138,6 @@ rule lab_score:
     benchmark:
         f"{BENCH}/lab_score.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/lab_score.py"

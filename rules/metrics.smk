@@ -24,7 +24,7 @@ rule metrics:
     benchmark:
         f"{BENCH}/metrics/{{model}}/{{dataset}}/{{voice}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/metrics.py"
 
@@ -46,6 +46,6 @@ rule metrics_heatmaps:
     log:
         f"{LOGS}/metrics_heatmaps/{{model}}/{{dataset}}/{{voice}}.log",
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/metrics_heatmaps.py"

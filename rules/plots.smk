@@ -24,12 +24,12 @@ rule plot_accuracy:
     log:
         f"{LOGS}/plots/accuracy.log",
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/plots.py"
 
 
-rule plot_metrics:
+use rule plot_accuracy as plot_metrics with:
     input:
         expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
     output:
@@ -41,39 +41,21 @@ rule plot_metrics:
         models=list(MODELS),
         options=config["plots"],
         first_layer=0 if config["metrics"]["include_layer0"] else 1,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         f"{LOGS}/plots/metrics/{{dataset}}/{{voice}}.log",
-    conda:
-        "../envs/corpus.yaml"
-    script:
-        "../scripts/plots.py"
 
 
-rule plot_gap:
+use rule plot_accuracy as plot_gap with:
     input:
         points=f"{STATS}/points.csv",
         fits=f"{STATS}/fits.csv",
     output:
         figure(f"{FIGURES}/gap_scatter", "fig_gap", "Gap statistics"),
-    params:
-        style=PLOT_STYLE,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         f"{LOGS}/plots/gap/{{dataset}}/{{voice}}.log",
-    conda:
-        "../envs/corpus.yaml"
-    script:
-        "../scripts/plots.py"
 
 
-rule plot_cka:
+use rule plot_accuracy as plot_cka with:
     input:
         cka=f"{METRICS}/cka.parquet",
         readouts=f"{METRICS}/cka_readouts.csv",
@@ -81,21 +63,11 @@ rule plot_cka:
         biased=figure(f"{FIGURES}/cka/{{model}}_biased", "fig_cka", "Cross-layer CKA", "{model}"),
         unbiased=figure(f"{FIGURES}/cka/{{model}}_unbiased", "fig_cka", "Cross-layer CKA", "{model}"),
         grid=figure(f"{FIGURES}/cka/{{model}}_grid", "fig_cka_grid", "Cross-layer CKA", "{model}"),
-    params:
-        style=PLOT_STYLE,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         f"{LOGS}/plots/cka/{{dataset}}/{{voice}}/{{model}}.log",
-    conda:
-        "../envs/corpus.yaml"
-    script:
-        "../scripts/plots.py"
 
 
-rule plot_heatmaps:
+use rule plot_accuracy as plot_heatmaps with:
     input:
         f"{METRICS}/heatmaps.npz",
     output:
@@ -104,19 +76,11 @@ rule plot_heatmaps:
     params:
         layers=HEATMAP["layers"],
         style=PLOT_STYLE,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         f"{LOGS}/plots/heatmaps/{{dataset}}/{{voice}}/{{model}}.log",
-    conda:
-        "../envs/corpus.yaml"
-    script:
-        "../scripts/plots.py"
 
 
-rule plot_interventions:
+use rule plot_accuracy as plot_interventions with:
     input:
         conditions=f"{INTERVENTIONS}/conditions.csv",
         redundancy=f"{INTERVENTIONS}/redundancy.csv",
@@ -124,15 +88,5 @@ rule plot_interventions:
         edits=figure(f"{FIGURES}/edits", "fig_edits", "Interventions"),
         calibration=figure(f"{FIGURES}/calibration", "fig_calibration", "Interventions"),
         redundancy=figure(f"{FIGURES}/redundancy", "fig_redundancy", "Interventions"),
-    params:
-        style=PLOT_STYLE,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     log:
         f"{LOGS}/plots/interventions/{{dataset}}/{{voice}}.log",
-    conda:
-        "../envs/corpus.yaml"
-    script:
-        "../scripts/plots.py"

@@ -52,7 +52,7 @@ rule states_dump:
     benchmark:
         f"{BENCH}/states_dump/{{model}}/{{dataset}}/{{voice}}/shard{{shard}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/states_dump.py"
 
@@ -72,7 +72,7 @@ rule states_tables:
     benchmark:
         f"{BENCH}/states_tables/{{model}}/{{dataset}}/{{voice}}.tsv"
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/states_tables.py"
 
@@ -89,6 +89,6 @@ rule states_accuracy:
     log:
         f"{LOGS}/states_accuracy.log",
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/states_accuracy.py"

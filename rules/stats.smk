@@ -11,6 +11,7 @@ rule stats:
         markdown=report(f"{STATS}/tables.md", caption="../workflow/report/stats_tables.rst", category="Gap statistics"),
         headline=f"{STATS}/headline.json",
     params:
+        tables=STAT_TABLES,
         models=list(MODELS),
         options=config["stats"],
         include_layer0=config["metrics"]["include_layer0"],
@@ -21,6 +22,6 @@ rule stats:
     log:
         f"{LOGS}/stats/{{dataset}}/{{voice}}.log",
     conda:
-        "../envs/corpus.yaml"
+        "../envs/modgap.yaml"
     script:
         "../scripts/stats.py"

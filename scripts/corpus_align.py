@@ -1,4 +1,4 @@
-from modgap.corpus.build import AlignSpec, align_split
+from modgap.corpus.stage import AlignSpec, align_split
 from modgap.runlog import logged
 
 with logged(snakemake.log[0]) as log:

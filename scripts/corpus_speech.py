@@ -1,4 +1,4 @@
-from modgap.corpus.build import VoiceSpec, synthesize_split
+from modgap.corpus.stage import VoiceSpec, synthesize_split
 from modgap.runlog import logged
 
 with logged(snakemake.log[0]) as log:

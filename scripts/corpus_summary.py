@@ -1,4 +1,4 @@
-from modgap.corpus.build import write_summary
+from modgap.corpus.stage import write_summary
 from modgap.runlog import logged
 
 with logged(snakemake.log[0]) as log:

@@ -1,4 +1,4 @@
-from modgap.lab.build import run_align
+from modgap.lab.stage import run_align
 from modgap.lab.recipe import Recipe
 from modgap.runlog import logged
 

@@ -1,4 +1,4 @@
-from modgap.lab.build import export
+from modgap.lab.stage import export
 from modgap.lab.recipe import Recipe
 from modgap.runlog import logged
 

@@ -1,4 +1,4 @@
-from modgap.lab.build import import_shipped
+from modgap.lab.stage import import_shipped
 from modgap.lab.recipe import Recipe
 from modgap.runlog import logged
 

@@ -1,6 +1,6 @@
 import torch
 
-from modgap.lab.build import run_score
+from modgap.lab.stage import run_score
 from modgap.runlog import logged
 
 with logged(snakemake.log[0]) as log:

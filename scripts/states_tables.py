@@ -1,5 +1,5 @@
 from modgap.runlog import logged
-from modgap.states import write_tables
+from modgap.states.stage import write_tables
 
 with logged(snakemake.log[0]) as log:
     acc = write_tables(

@@ -1,6 +1,9 @@
 from modgap.runlog import logged
-from modgap.stats_stage import run_stats
+from modgap.stats.options import StatsOptions
+from modgap.stats.stage import run_stats
 
-with logged(snakemake.log[0]) as log:
-    out_dir = snakemake.output.headline.rsplit("/", 1)[0]
-    run_stats(dict(zip(snakemake.params.models, snakemake.input)), snakemake.params.options, snakemake.params.include_layer0, out_dir)
+with logged(snakemake.log[0]):
+    out = {**dict(zip(snakemake.params.tables, snakemake.output.tables)), "markdown": snakemake.output.markdown,
+           "headline": snakemake.output.headline}
+    run_stats(dict(zip(snakemake.params.models, snakemake.input)), StatsOptions.from_config(snakemake.params.options),
+              snakemake.params.include_layer0, out)

@@ -6,3 +6,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+from modgap.config import default_section as defaults  # noqa: E402,F401  (tests import it from here)

@@ -17,33 +17,26 @@ from statsmodels.stats.contingency_tables import mcnemar
 
 from modgap.corpus.items import Item, spoken_text, words_of
 from modgap.corpus.lab_world import generate_lab
-from modgap.interventions import (
+from conftest import defaults
+from modgap.corpus.table import read_rows
+from modgap.interventions.conditions import (
     COLUMNS,
     Calibration,
     Edit,
     Redundancy,
-    RowEdit,
-    angle_projection,
-    conditions_from_config,
-    edit_rows,
+    conditions_from_options,
     fit_calibration,
-    length_normalization,
-    mcnemar_exact,
-    moment_calibration,
-    p1_table,
-    p2_calibration_table,
-    prefill_edited,
-    prefill_recorded,
-    record_rows,
-    redundancy_table,
-    redundant_item,
-    repeat_words,
     run_conditions,
     select_edits,
-    summarize,
 )
+from modgap.interventions.ops import angle_projection, length_normalization, moment_calibration
+from modgap.interventions.options import InterventionsOptions
+from modgap.interventions.redundancy import redundant_item, repeat_words
+from modgap.interventions.report import mcnemar_exact, p1_table, p2_calibration_table, redundancy_table, summarize
 from modgap.models import load_adapter
-from modgap.states import corpus_items
+from modgap.models.hooks import RowEdit, edit_rows, record_rows
+from modgap.states import spine
+from modgap.states.options import StatesOptions
 
 STYLE = "cloze"
 
@@ -73,8 +66,8 @@ def setup(tmp_path_factory):
     """(adapter, evaluated rows, calibration rows) on a tiny Qwen2-Audio with a 4 s window."""
     tmp = tmp_path_factory.mktemp("interventions")
     lab = generate_lab(0, 0, 3, 5)
-    rows = corpus_items(corpus_table(lab["test"], tmp / "audio"))
-    calib = corpus_items(corpus_table(lab["calib"], tmp / "audio"))
+    rows = read_rows(corpus_table(lab["test"], tmp / "audio"))
+    calib = read_rows(corpus_table(lab["calib"], tmp / "audio"))
     path = tiny.build_qwen2_audio(tmp / "model", tiny.tiny_tokenizer(), window_s=4)
     return load_adapter("qwen2_audio", str(path), device="cpu"), rows, calib
 
@@ -86,7 +79,20 @@ def granite(tmp_path_factory):
 
 
 def speech(adapter, rows):
-    return [adapter.speech_inputs(it, sf.read(p, dtype="float32")[0], ms) for it, p, ms in rows]
+    return [spine.speech_inputs(adapter, r) for r in rows]
+
+
+def prefill_edited(adapter, inputs, layer, edits):
+    return spine.forward(adapter, inputs, edit=spine.Edit(layer, edits)).prefills
+
+
+def prefill_recorded(adapter, inputs, layers):
+    fwd = spine.forward(adapter, inputs, span_layers=layers)
+    return fwd.prefills, fwd.span
+
+
+def interventions_options(**overrides) -> InterventionsOptions:
+    return InterventionsOptions.from_config(defaults("interventions", **overrides))
 
 
 def hook_snapshot(model) -> dict:
@@ -161,7 +167,7 @@ def _baseline(adapter, inputs, items):
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_identity_edits_reproduce_baseline_exactly(setup, layer):
     adapter, rows, _ = setup
-    items, s_in = [r[0] for r in rows[:3]], speech(adapter, rows[:3])
+    items, s_in = [r.item for r in rows[:3]], speech(adapter, rows[:3])
     base, base_scores = _baseline(adapter, s_in, items)
     mu, sd = torch.randn(adapter.hidden_size), torch.rand(adapter.hidden_size) + 0.5
     identities = [lambda h: h, lambda h: angle_projection(h, h), lambda h: length_normalization(h, h),
@@ -177,7 +183,7 @@ def test_identity_edits_reproduce_baseline_exactly(setup, layer):
 @pytest.mark.parametrize("layer", [0, 1])
 def test_an_edit_changes_the_logits_of_its_row_only_and_only_inside_the_context(setup, layer):
     adapter, rows, _ = setup
-    items, s_in = [r[0] for r in rows[:3]], speech(adapter, rows[:3])
+    items, s_in = [r.item for r in rows[:3]], speech(adapter, rows[:3])
     base, base_scores = _baseline(adapter, s_in, items)
     target = torch.randn(len(s_in[1].span), adapter.hidden_size) * 10
     pre = prefill_edited(adapter, s_in, layer, {1: RowEdit(s_in[1].span, lambda h: angle_projection(h, target))})
@@ -194,7 +200,7 @@ def test_an_edit_of_question_positions_at_the_last_layer_cannot_change_the_score
     """Why the driver refuses layer L: the logits are read at the last prompt position and the KV caches come from
     layers < L, so the output of the last block at question positions is read by nothing."""
     adapter, rows, _ = setup
-    items, s_in = [r[0] for r in rows[:2]], speech(adapter, rows[:2])
+    items, s_in = [r.item for r in rows[:2]], speech(adapter, rows[:2])
     base, base_scores = _baseline(adapter, s_in, items)
     pre = prefill_edited(adapter, s_in, 2, {g: RowEdit(x.span, lambda h: h * 100 + 7) for g, x in enumerate(s_in)})
     for p, b, it, bs in zip(pre, base, items, base_scores):
@@ -229,7 +235,7 @@ def test_hooks_are_removed_after_an_exception(setup):
 def test_recorded_states_equal_the_prefill_hidden_states(setup, granite):
     adapter, rows, _ = setup
     for a in (adapter, granite):  # Qwen2-Audio: one left-padded forward; Granite: one forward per prompt
-        for inputs in (speech(a, rows[:3]), [a.text_inputs(r[0], STYLE) for r in rows[:3]]):
+        for inputs in (speech(a, rows[:3]), [a.text_inputs(r.item, STYLE) for r in rows[:3]]):
             pre, states = prefill_recorded(a, inputs, [0, 1])
             for x, p, h in zip(inputs, pre, states):
                 direct = a.prefill(x, hidden=True)
@@ -260,8 +266,8 @@ def test_calibration_statistics_come_from_the_calibration_items(setup, site):
     adapter, rows, calib = setup
     layer = {"input": 0, "output": 1}[site]  # "output": the last layer whose edit reaches the answer (L - 1)
     stats = fit_calibration(adapter, calib, STYLE, [site], batch_items=2)[layer]
-    assert stats.item_ids == tuple(r[0].id for r in calib)
-    text = [adapter.text_inputs(r[0], STYLE) for r in calib]
+    assert stats.item_ids == tuple(r.id for r in calib)
+    text = [adapter.text_inputs(r.item, STYLE) for r in calib]
     for cond, inputs in (("speech", speech(adapter, calib)), ("text", text)):
         x = _raw_states(adapter, inputs, layer)
         # the hook point's states are the prefill's hidden states 0 and L - 1
@@ -273,7 +279,7 @@ def test_calibration_statistics_come_from_the_calibration_items(setup, site):
         mu, sd = got.moments("scalar")
         assert abs(mu - x.mean()) < 1e-5 and abs(sd - x.std()) < 1e-5
         torch.testing.assert_close(got.moments("per_dim")[1], x.std(0).float())
-    with pytest.raises(ValueError, match=rf"2 item\(s\) are in both: {rows[0][0].id}, {rows[1][0].id}"):
+    with pytest.raises(ValueError, match=rf"2 item\(s\) are in both: {rows[0].id}, {rows[1].id}"):
         run_conditions(adapter, rows, STYLE, "none", [Calibration(site)], calibration_rows=calib + rows[:2])
     with pytest.raises(ValueError, match="need calibration_rows"):
         run_conditions(adapter, rows, STYLE, "none", [Calibration(site)])
@@ -327,7 +333,7 @@ def test_driver_table_and_baselines(setup, table, tmp_path):
     assert table.groupby("label").size().eq(len(rows)).all() and table["label"].nunique() == 9
     assert set(table["label"]) >= {"S", "T", "angle bottom-3 @0", "length all @1", "angle bottom-2 @1 [l2@2]",
                                    "calibration per_dim @0", "calibration scalar @1", "redundancy r=1"}
-    for (item, *_), x in zip(rows, speech(adapter, rows)):
+    for item, x in zip([r.item for r in rows], speech(adapter, rows)):
         for cond, inputs in (("S", x), ("T", adapter.text_inputs(item, STYLE))):
             row = table[(table["label"] == cond) & (table["id"] == item.id)].iloc[0]
             scores = adapter.score(inputs, item, STYLE)
@@ -362,8 +368,8 @@ def test_driver_without_edits_and_with_repeated_conditions(setup):
 def test_driver_edit_equals_an_independent_recomputation(setup, table):
     """angle bottom-3 at layer 0 for one item: states from `prefill(hidden=True)`, own cosine path, own torch hook."""
     adapter, rows, _ = setup
-    item, path, ms = rows[3]
-    x = adapter.speech_inputs(item, sf.read(path, dtype="float32")[0], ms)
+    item = rows[3].item
+    x = spine.speech_inputs(adapter, rows[3])
     hs = adapter.prefill(x, hidden=True).hidden[0].double()
     ht = adapter.prefill(adapter.text_inputs(item, STYLE), hidden=True).hidden[0].double()
     cos = torch.nn.functional.normalize(hs, dim=-1) @ torch.nn.functional.normalize(ht, dim=-1).T  # [Ts, Tt]
@@ -402,7 +408,7 @@ def test_bad_inputs(setup):
         run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 0, select_layer=5)])
     with pytest.raises(ValueError, match=r"layer -1 out of range"):
         run_conditions(adapter, rows, STYLE, "none", [Calibration(-1)], calibration_rows=calib)
-    short = min(rows, key=lambda r: len(adapter.text_inputs(r[0], STYLE).span))[0]
+    short = min(rows, key=lambda r: len(adapter.text_inputs(r.item, STYLE).span)).item
     k = len(adapter.text_inputs(short, STYLE).span) + 1
     with pytest.raises(ValueError, match=rf"k={k} is larger than the text span of item\(s\) .*{short.id}"):
         run_conditions(adapter, rows, STYLE, "none", [Edit("length", f"bottom-{k}", 0)])
@@ -417,19 +423,19 @@ def test_bad_inputs(setup):
         Calibration("input", "per_token")
     with pytest.raises(ValueError, match="integer >= 1"):
         Redundancy(0)
-    with pytest.raises(ValueError, match="unknown interventions key"):
-        conditions_from_config({"layer": [0]})
+    with pytest.raises(ValueError, match="interventions.layer: unknown"):
+        InterventionsOptions.from_config({**defaults("interventions"), "layer": [0]})
 
 
-def test_conditions_from_config_defaults():
-    conds = conditions_from_config({"layers": [0, "output"], "k": 2})
+def test_conditions_from_options_defaults():
+    conds = conditions_from_options(interventions_options(layers=[0, "output"], k=2))
     edits = [c for c in conds if isinstance(c, Edit)]
     assert len(edits) == 8 and {c.select for c in edits} == {"bottom-2", "all"}
     assert {c.layer for c in edits} == {0, "output"}
     assert [c.layer for c in conds if isinstance(c, Calibration)] == ["input", "output"]
     assert [c.r for c in conds if isinstance(c, Redundancy)] == [1, 2, 4, 8]
-    assert conditions_from_config({"select": ["bottom-3"], "ops": ["angle"], "calibration": [], "redundancy": []}) == [
-        Edit("angle", "bottom-3", 0)]
+    assert conditions_from_options(interventions_options(select=["bottom-3"], ops=["angle"], calibration=[],
+                                                         redundancy=[])) == [Edit("angle", "bottom-3", 0)]
 
 
 # --- report ----------------------------------------------------------------------------------------------------------
@@ -506,16 +512,17 @@ def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(
         table.to_parquet(tables.setdefault(split, tmp_path / f"{split}.parquet"))
     run = ModelRun("tiny", "qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
                    device="cpu")
-    states = {"shard_items": 4, "max_items": None, "norm": "none"}
-    section = {"layers": [0], "ops": ["angle"], "select": ["all"], "k": 3, "metric": "cos", "select_layer": None,
-               "calibration": ["input"], "stats_mode": "per_dim", "redundancy": [1], "calib_items": 3,
-               "batch_items": 4}
+    states = StatesOptions.from_config(defaults("states", shard_items=4))
+    section = interventions_options(layers=[0], ops=["angle"], select=["all"], calibration=["input"], redundancy=[1],
+                                    calib_items=3, batch_items=4)
     with caplog.at_level("WARNING", logger="modgap"):
         without = run_shard(run, tables["test"], None, 0, states, section, tmp_path / "a.parquet")
     assert "calibration skipped" in caplog.text and "calibration" not in set(without["condition"])
     with_calib = run_shard(run, tables["test"], tables["calib"], 0, states, section, tmp_path / "b.parquet")
     assert (with_calib["condition"] == "calibration").sum() == 4
-    out = gather({"tiny": [str(tmp_path / "b.parquet")]}, tmp_path, k=3, stats_mode="per_dim")
+    paths = {name: tmp_path / f"{name}.csv" for name in ("conditions", "p1_table", "calibration", "redundancy")}
+    paths |= {"items": tmp_path / "items.parquet", "markdown": tmp_path / "tables.md"}
+    out = gather({"tiny": [str(tmp_path / "b.parquet")]}, paths, k=3, stats_mode="per_dim")
     assert {"speech", "text", "calib-input", "angle all @0", "redundancy-r1"} == set(out["conditions"]["condition"])
     assert (tmp_path / "tables.md").is_file() and list(out["p1_table"]["model"]) == ["tiny"]
 

@@ -14,7 +14,7 @@ from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration, Qwen
 
 from modgap.corpus.items import Item
 from modgap.corpus.lab_world import generate_lab, lab_vocabulary
-from modgap.lab import build, data, fingerprint, score, train
+from modgap.lab import data, fingerprint, score, stage, train
 from modgap.lab.model import build_model, build_processor, num_audio_positions, prompt
 from modgap.lab.recipe import get_recipe
 from modgap.lab.tokenizer import AUDIO, build_tokenizer
@@ -50,7 +50,7 @@ def test_processor_expands_audio_to_encoder_positions(tiny):
 
 def test_from_pretrained_round_trip_and_hidden_states(tiny, tmp_path):
     model, processor, items, waves = tiny
-    build.save(model, processor, tmp_path)
+    stage.save(model, processor, tmp_path)
     loaded = Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path).eval()
     proc = AutoProcessor.from_pretrained(tmp_path)
     assert isinstance(proc, Qwen2AudioProcessor)
@@ -120,7 +120,7 @@ def test_recipe_hash_is_stable_and_sensitive():
 
 def test_text_phase_is_deterministic(tmp_path):
     recipe = get_recipe("smoke", text_steps=3, text_items=100)
-    logs = [build.run_text(recipe, 0, tmp_path / f"run{k}") for k in range(2)]
+    logs = [stage.run_text(recipe, 0, tmp_path / f"run{k}") for k in range(2)]
     assert logs[0]["losses"] == logs[1]["losses"]
     a, b = (Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path / f"run{k}") for k in range(2))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -148,14 +148,14 @@ def test_smoke_recipe_learns(tmp_path):
     split = generate_lab(0, 64, 0, 100)
     train_table = _voiced_table(split["train"], "en-us", 175, tmp_path / "train")
     test_table = _voiced_table(split["test"], "en-us+f3", 185, tmp_path / "test")
-    build.run_text(SMOKE, 0, tmp_path / "text")
-    ctc = build.run_audio(SMOKE, tmp_path / "text", [train_table], tmp_path / "audio")
+    stage.run_text(SMOKE, 0, tmp_path / "text")
+    ctc = stage.run_audio(SMOKE, tmp_path / "text", [train_table], tmp_path / "audio")
     assert np.isfinite(ctc["losses"]).all()
     checkpoints = {}
     for strategy in ("frozen", "full"):
-        build.run_align(SMOKE, strategy, tmp_path / "audio", [train_table], 0, tmp_path / strategy)
+        stage.run_align(SMOKE, strategy, tmp_path / "audio", [train_table], 0, tmp_path / strategy)
         checkpoints |= {fingerprint.checkpoint_name(strategy, n): str(tmp_path / strategy / f"step{n}") for n in SMOKE.checkpoints}
-    rows = build.run_score(checkpoints, test_table, tmp_path / "acc.csv", tmp_path / "pred.parquet", tmp_path / "d.json")
+    rows = stage.run_score(checkpoints, test_table, tmp_path / "acc.csv", tmp_path / "pred.parquet", tmp_path / "d.json")
     acc = pd.read_csv(tmp_path / "acc.csv")
     assert list(acc["checkpoint"]) == list(checkpoints) and len(rows) == 2 * len(SMOKE.checkpoints)
     assert {"checkpoint", "strategy", "step", "text_acc", "speech_acc", "gap", "constant_baseline_acc", "n_items"} <= set(acc)
@@ -166,19 +166,19 @@ def test_smoke_recipe_learns(tmp_path):
 def test_export_import_round_trip_checks_fingerprint(tiny, tmp_path):
     model, processor, _, _ = tiny
     spec = {"world_seed": 0, "voices": ["en-us"]}
-    build.save(model, processor, tmp_path / "results" / "frozen" / "step4")
+    stage.save(model, processor, tmp_path / "results" / "frozen" / "step4")
     checkpoints = {fingerprint.checkpoint_name("frozen", 4): str(tmp_path / "results" / "frozen" / "step4")}
-    build.export(checkpoints, SMOKE, spec, tmp_path / "shipped")
+    stage.export(checkpoints, SMOKE, spec, tmp_path / "shipped")
     assert fingerprint.shipped_fingerprint(tmp_path / "shipped") == fingerprint.fingerprint(SMOKE, spec)
     assert (tmp_path / "shipped" / "frozen" / "step4" / "model.safetensors").is_file()
-    names = build.import_shipped(tmp_path / "shipped", "frozen", SMOKE, spec, tmp_path / "imported")
+    names = stage.import_shipped(tmp_path / "shipped", "frozen", SMOKE, spec, tmp_path / "imported")
     assert names == ["lab-frozen@step4"]
-    back, _ = build.load(tmp_path / "imported" / "step4")
+    back, _ = stage.load(tmp_path / "imported" / "step4")
     for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
         assert b.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)
     with pytest.raises(ValueError, match="fingerprint"):
-        build.import_shipped(tmp_path / "shipped", "frozen", SMOKE, {**spec, "world_seed": 1}, tmp_path / "x")
+        stage.import_shipped(tmp_path / "shipped", "frozen", SMOKE, {**spec, "world_seed": 1}, tmp_path / "x")
 
 
 def test_lab_plan_from_config():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from test_metrics_paths import repeated_blocks
+from test_metrics_alignment import repeated_blocks
 
 from modgap.metrics import aligned_pairs, dtw_path, dtw_paths, token_similarity
 

@@ -12,11 +12,12 @@ import torch
 
 from modgap.config import validate_config
 from modgap.metrics.stage import dtw_configs, run_metrics
-from modgap.store import CondBatch, StoreWriter
+from modgap.metrics.options import MetricsOptions
+from modgap.states.store import CondBatch, StoreWriter
 
 LAYERS, D, MS = [0, 1, 2, 3], 16, 40.0
 ROTATIONS = torch.linalg.qr(torch.randn(len(LAYERS), D, D, generator=torch.Generator().manual_seed(1)))[0]
-OPTIONS = validate_config({"datasets": {"lab": {"source": "lab"}},
+SECTION = validate_config({"datasets": {"lab": {"source": "lab"}},
                            "metrics": {"dtw": {"base_layer": 1},
                                        "cka": {"stability": [{"base_layer": 2}, {"metric": "l2"}, {"band": 3}]}}}
                           )["metrics"]
@@ -54,17 +55,20 @@ def write_store(path, items: list[dict]) -> str:
 def corpus(items: list[dict], shift_ms: float = 0.0) -> pd.DataFrame:
     return pd.DataFrame({
         "id": [it["id"] for it in items], "subject": ["s"] * len(items), "status": ["ok"] * len(items),
+        "question": ["q"] * len(items), "choices": [["a", "b"]] * len(items), "answer": [0] * len(items),
+        "audio": ["none.flac"] * len(items),
         "start_ms": [list(it["spans"][:, 0] + shift_ms) for it in items],
         "end_ms": [list(it["spans"][:, 1] + shift_ms) for it in items],
     })
 
 
-def run(tmp_path, items, stores, shift_ms=0.0, options=OPTIONS, name="out"):
+def run(tmp_path, items, stores, shift_ms=0.0, options=None, name="out"):
     table = tmp_path / f"{name}.parquet"
     corpus(items, shift_ms).to_parquet(table)
     out = {k: tmp_path / f"{name}_{k}.{ext}" for k, ext in
            [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json")]}
-    result = run_metrics(stores, table, options, "cpu", {"model": "m", "dataset": "d", "voice": "v"}, out)
+    result = run_metrics(stores, table, MetricsOptions.from_config(options or SECTION), "cpu",
+                         {"model": "m", "dataset": "d", "voice": "v"}, out)
     return result, pd.read_parquet(out["item_metrics"]), pd.read_parquet(out["cka"]), pd.read_csv(out["readouts"])
 
 
@@ -116,7 +120,7 @@ def test_cka_diagonal_and_readouts(one_shard):
 def test_metadata_records_every_option(one_shard):
     tmp, _ = one_shard
     meta = pd.read_parquet(tmp / "out_item_metrics.parquet").attrs["modgap"]
-    assert meta["options"] == json.loads(json.dumps(OPTIONS)) and meta["layers"] == LAYERS
+    assert meta["options"] == json.loads(json.dumps(SECTION)) and meta["layers"] == LAYERS
     assert [c["label"] for c in meta["dtw_configs"]][0] == "base1-cos-bandnone"
     assert json.loads((tmp / "out_summary.json").read_text())["options"]["include_layer0"] is False
 
@@ -139,7 +143,7 @@ def test_shifted_truth_misses_by_the_shift(tmp_path, items):
 
 def test_layer0_in_averages_only_when_asked(tmp_path, items, one_shard):
     _, (summary, table, _, _) = one_shard
-    options = copy.deepcopy(OPTIONS) | {"include_layer0": True}
+    options = copy.deepcopy(SECTION) | {"include_layer0": True}
     with_0, *_ = run(tmp_path, items, [write_store(tmp_path / "s.zarr", items)], options=options)
     per_item = lambda t: t.groupby("id")["l2"].mean().mean()  # noqa: E731
     assert summary["layer_averaged"]["l2"] == pytest.approx(per_item(table[table["layer"] != 0]))
@@ -147,7 +151,7 @@ def test_layer0_in_averages_only_when_asked(tmp_path, items, one_shard):
 
 
 def test_base_layer_capped_and_unstored_layer_named():
-    configs = dtw_configs(OPTIONS | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}, LAYERS)
+    configs = dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}), LAYERS)
     assert configs[0].base_layer == 3 and configs[0].base == 3
     with pytest.raises(ValueError, match="metrics.dtw.base_layer: layer 1 is not stored"):
-        dtw_configs(OPTIONS, [0, 2, 4])
+        dtw_configs(MetricsOptions.from_config(SECTION), [0, 2, 4])

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_metrics_paths import repeated_blocks
+from test_metrics_alignment import repeated_blocks
 
 from modgap.metrics import (
     alignment_path,

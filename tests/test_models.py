@@ -23,6 +23,7 @@ from modgap.models import (
 )
 from modgap.models.base import normalized
 from modgap.models.granite_speech import log_mel
+from modgap.models.hooks import hooked
 
 ITEM = Item("it-7", "arithmetic", "what is five plus ten", ["fifteen", "eighteen", "twelve", "seventeen"], 0)
 SECONDS = 1.3
@@ -239,10 +240,8 @@ def test_hooks_see_and_edit_the_span(family, adapters, inputs):
             seen[layer] = h.clone()
         return fn
 
-    handles = [a.add_hook(layer, record(layer)) for layer in (0, 1, a.n_layers)]
-    a.prefill(s)
-    for h in handles:
-        h.remove()
+    with hooked(a, {layer: record(layer) for layer in (0, 1, a.n_layers)}):
+        a.prefill(s)
     full = len(s.model_inputs["input_ids"][0])
     torch.testing.assert_close(seen[0][0, s.span], base.hidden[0])  # layer 0: merged embeddings, audio included
     torch.testing.assert_close(seen[1][0, s.span], base.hidden[1])
@@ -256,14 +255,12 @@ def test_hooks_see_and_edit_the_span(family, adapters, inputs):
             return h
         return fn
 
-    handle = a.add_hook(0, zero(s.span))
-    edited = a.prefill(s, hidden=True)
-    handle.remove()
+    with hooked(a, {0: zero(s.span)}):
+        edited = a.prefill(s, hidden=True)
     assert (edited.hidden[0] == 0).all() and not torch.allclose(edited.logprobs, base.logprobs)
     # At layer L only the last position reaches the logits: zeroing it (and the span) leaves uniform logits.
-    handle = a.add_hook(a.n_layers, zero(torch.cat([s.span, torch.tensor([full - 1])])))
-    edited = a.prefill(s, hidden=True)
-    handle.remove()
+    with hooked(a, {a.n_layers: zero(torch.cat([s.span, torch.tensor([full - 1])]))}):
+        edited = a.prefill(s, hidden=True)
     assert (edited.hidden[-1] == 0).all()  # the final RMSNorm keeps zeros zero
     torch.testing.assert_close(edited.logprobs, torch.full_like(base.logprobs, -np.log(len(base.logprobs))))
     torch.testing.assert_close(a.prefill(s).logprobs, base.logprobs)  # hooks removed
@@ -396,3 +393,36 @@ def test_bad_family_path_and_options(paths, tmp_path):
         load_adapter("qwen2_audio", paths["qwen2_audio"], dtype="float64")
     with pytest.raises(ValueError, match="unknown long_audio 'crop'"):
         load_adapter("qwen2_audio", paths["qwen2_audio"], long_audio="crop")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_readout_at_the_last_layer_is_the_models_own_head(family, adapters, inputs):
+    """`readout` of hook point L (the last block's output, before the final norm) reproduces the next-token logits:
+    the model's own for every family, and GraniteForCausalLM's (divided by logits_scaling) for Granite."""
+    a, s = adapters[family], inputs[family]["S"]
+    last = {}
+
+    def keep(h):
+        last["h"] = h[0, -1].clone()
+
+    with hooked(a, {a.n_layers: keep}):
+        logits = a.model(**a._model_inputs(s)).logits[0, -1].float()
+    torch.testing.assert_close(a.readout(last["h"]), logits / a.logits_scaling, rtol=1e-4, atol=1e-4)
+
+
+def test_granite_readout_divides_by_logits_scaling(tmp_path, tok):
+    """With the released checkpoints' logits_scaling 8, the readout equals GraniteForCausalLM on the same LM."""
+    from transformers import GraniteForCausalLM
+
+    path = tiny.build_granite(tmp_path, tok)
+    model = load_adapter("granite_speech", str(path), device="cpu").model
+    model.config.text_config.logits_scaling = 8.0
+    a = FAMILIES["granite_speech"](str(path), model, tok, "reject", Prompt())
+    lm = GraniteForCausalLM(model.config.text_config).eval()
+    lm.model.load_state_dict(model.model.language_model.state_dict())
+    lm.lm_head.load_state_dict(model.lm_head.state_dict())
+    h = torch.randn(3, a.hidden_size)
+    with torch.no_grad():
+        expected = lm.lm_head(lm.model.norm(h)) / 8.0
+    assert a.logits_scaling == 8.0
+    torch.testing.assert_close(a.readout(h), expected)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 import zarr
 
-from modgap.store import StoreReader, predictions_table
+from modgap.states.store import StoreReader, predictions_table
 from slurm.cluster import Unavailable, job_records, start
 from workflow_util import REPO, local_smoke_study, snakemake
 

@@ -11,12 +11,20 @@ import pytest
 import torch
 import tiny_models as tiny
 
-from modgap.corpus.build import AlignSpec, VoiceSpec, align_split, synthesize_split
+from modgap.corpus.stage import AlignSpec, VoiceSpec, align_split, synthesize_split
 from modgap.corpus.items import write_jsonl
 from modgap.corpus.lab_world import generate_lab
 from modgap.models import load_adapter
-from modgap.states import StateSpec, accuracy_table, corpus_items, dump_states, shard_rows
-from modgap.store import StoreReader
+from conftest import defaults
+from modgap.corpus.table import read_rows
+from modgap.plan import shard_rows
+from modgap.states.options import StatesOptions
+from modgap.states.stage import accuracy_table, dump_states
+from modgap.states.store import StoreReader
+
+
+def spec_of(**overrides) -> StatesOptions:
+    return StatesOptions.from_config(defaults("states", **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +34,17 @@ def setup(tmp_path_factory):
     synthesize_split(tmp / "items.jsonl", "cloze", VoiceSpec("en-us", 175, 50), tmp / "s.parquet", tmp / "audio")
     table = align_split(tmp / "s.parquet", AlignSpec(), tmp / "items.parquet")
     path = tiny.build_qwen2_audio(tmp / "model", tiny.tiny_tokenizer(), window_s=4)
-    return tmp, corpus_items(table), load_adapter("qwen2_audio", str(path), device="cpu")
+    return tmp, read_rows(table), load_adapter("qwen2_audio", str(path), device="cpu")
 
 
 def test_store_holds_span_states_scores_and_word_indices(setup, tmp_path):
     _, rows, adapter = setup
-    spec = StateSpec(layers=(0, 2), batch_items=1)  # one item per forward: bit-equal to a direct forward
+    spec = spec_of(layers=[0, 2], batch_items=1)  # one item per forward: bit-equal to a direct forward
     pred = dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", spec, "tiny")
     r = StoreReader(tmp_path / "s.zarr")
-    assert r.items == [it.id for it, *_ in rows] and r.layers == [0, 2]
-    item, audio_path, spans = rows[1]
-    import soundfile as sf
-
-    inputs = adapter.speech_inputs(item, sf.read(audio_path, dtype="float32")[0], spans)
+    assert r.items == [row.id for row in rows] and r.layers == [0, 2]
+    item, spans = rows[1].item, rows[1].spans
+    inputs = adapter.speech_inputs(item, rows[1].wave(), spans)
     direct = adapter.model(**adapter._model_inputs(inputs), output_hidden_states=True).hidden_states
     expect = torch.stack([direct[l][0, inputs.span] for l in (0, 2)]).to(torch.float16)
     assert torch.equal(r.hidden("S", 1), expect)
@@ -54,7 +60,7 @@ def test_store_holds_span_states_scores_and_word_indices(setup, tmp_path):
 
 def test_resumed_dump_equals_uninterrupted(setup, tmp_path, monkeypatch):
     _, rows, adapter = setup
-    spec = StateSpec(batch_items=2)
+    spec = spec_of(batch_items=2)
     dump_states(adapter, rows, "cloze", tmp_path / "full.zarr", spec, "tiny")
     real_prefill = adapter.prefill_batch
     calls = {"n": 0}
@@ -81,7 +87,7 @@ def test_resumed_dump_equals_uninterrupted(setup, tmp_path, monkeypatch):
 def test_batched_dump_equals_one_item_at_a_time(setup, tmp_path):
     _, rows, adapter = setup
     for b in (1, 4):
-        dump_states(adapter, rows, "cloze", tmp_path / f"b{b}.zarr", StateSpec(batch_items=b), "tiny")
+        dump_states(adapter, rows, "cloze", tmp_path / f"b{b}.zarr", spec_of(batch_items=b), "tiny")
     one, four = StoreReader(tmp_path / "b1.zarr"), StoreReader(tmp_path / "b4.zarr")
     for c in ("S", "T"):
         for i in range(len(rows)):  # float32 states within 1e-5, so float16 within one rounding step
@@ -93,11 +99,11 @@ def test_batched_dump_equals_one_item_at_a_time(setup, tmp_path):
 
 def test_bad_layer_and_empty_shard(setup, tmp_path):
     _, rows, adapter = setup
-    with pytest.raises(ValueError, match=r"layers \[9\] out of range"):
-        dump_states(adapter, rows, "cloze", tmp_path / "x.zarr", StateSpec(layers=(0, 9)), "tiny")
-    assert shard_rows(10, 4, 2) == slice(8, 10)
+    with pytest.raises(ValueError, match=r"states.layers: \[9\] out of range"):
+        dump_states(adapter, rows, "cloze", tmp_path / "x.zarr", spec_of(layers=[0, 9]), "tiny")
+    assert shard_rows(10, 4, None, 2) == slice(8, 10)
     with pytest.raises(ValueError, match="shard 3 is empty"):
-        shard_rows(10, 4, 3)
+        shard_rows(10, 4, None, 3)
 
 
 def test_accuracy_table_gap_in_points():

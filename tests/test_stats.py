@@ -9,7 +9,8 @@ import statsmodels.formula.api as smf
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from modgap import stats
+from modgap.stats import analysis as stats
+from modgap.tables import to_markdown
 
 N_ITEMS = 20
 SLOPE, INTERCEPT = -100.0, 70.0  # gap = INTERCEPT + SLOPE * S_cos, in every group
@@ -229,7 +230,7 @@ def test_headline_and_markdown(table):
     assert head["settings"]["n_boot"] == 40
     with pytest.raises(ValueError, match="aps_l2"):
         stats.headline(flat, ["aps_l2"])
-    md = stats.to_markdown(flat[["group", "x", "n_items", "slope", "r2"]])
+    md = to_markdown(flat[["group", "x", "n_items", "slope", "r2"]])
     lines = md.splitlines()
     assert lines[0].startswith("|") and "slope" in lines[0] and set(lines[1]) <= set("|-: ")
     assert "-100.000" in md and "—" in md and len(lines) == 2 + len(flat)

@@ -1,4 +1,4 @@
-"""modgap.store: exact round trips, ragged layout, resume after a kill or crash, corruption, BitRound, lazy reads."""
+"""modgap.states.store: exact round trips, ragged layout, resume after a kill or crash, corruption, BitRound, lazy reads."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ import torch
 import zarr
 from zarr.storage import LocalStore
 
-from modgap.store import (CondBatch, CorruptStoreError, StoreReader, StoreWriter, chunk_positions, disk_factor,
+from modgap.states.store import (CondBatch, CorruptStoreError, StoreReader, StoreWriter, chunk_positions, disk_factor,
                           estimate_bytes, predictions_table)
 
 LAYERS, D, P = [0, 3, 5], 8, 16  # P positions per chunk: small, so that items straddle chunks

@@ -1,6 +1,6 @@
 """Moment statistics for P2's statistical calibration, fitted on a held-out calibration split.
 
-Statistics are recorded at the hook point of the calibrated layer (`modgap.interventions.hooks`), so they are in
+Statistics are recorded at the hook point of the calibrated layer (`modgap.models.hooks`), so they are in
 exactly the space that is edited: layer 0 the input embeddings (S: the adapter output scattered in), "output" the
 last layer whose edit can reach the answer, L - 1 (see `runner.resolve_layer`); both equal the corresponding
 `output_hidden_states`. Moments stream through `modgap.metrics.moments.MomentAccumulator` in float64; standard

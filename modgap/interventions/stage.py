@@ -2,6 +2,7 @@
 model's shards into the papers' tables (no forward pass)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -9,31 +10,35 @@ import numpy as np
 import pandas as pd
 
 from modgap.atomic import write_csv, write_parquet, write_text
+from modgap.corpus.table import read_rows, read_shard
+from modgap.interventions.conditions import conditions_from_options, run_conditions
+from modgap.interventions.options import InterventionsOptions
 from modgap.interventions.report import p1_table, p2_calibration_table, redundancy_table, summarize
-from modgap.interventions.runner import CONDITION_KEYS, conditions_from_config, run_conditions
+from modgap.models import load_run
+from modgap.options import as_dict
 from modgap.plan import ModelRun
-from modgap.states import corpus_items, load_run, shard_of
-from modgap.stats import to_markdown
+from modgap.states.options import StatesOptions
+from modgap.tables import to_markdown
 
 log = logging.getLogger("modgap")
 
 
-def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | None, shard: int, states: dict,
-              section: dict, out_path: str | Path, device: str | None = None) -> pd.DataFrame:
+def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | None, shard: int,
+              states: StatesOptions, options: InterventionsOptions, out_path: str | Path,
+              device: str | None = None) -> pd.DataFrame:
     """Re-score one shard of the test items under every configured condition; calibration statistics come from
-    the first `section["calib_items"]` usable items of `calib_table` (the held-out calibration split; without one,
+    the first `options.calib_items` usable items of `calib_table` (the held-out calibration split; without one,
     the calibration conditions are skipped with a warning in the job's log)."""
-    rows, style = shard_of(test_table, shard, states)
-    if section["calibration"] and calib_table is None:
+    rows, style = read_shard(test_table, shard, states.shard_items, states.max_items)
+    if options.calibration and calib_table is None:
         log.warning("%s has no calib split to fit P2's calibration statistics on: calibration skipped", test_table)
-        section = {**section, "calibration": []}
-    conditions = conditions_from_config({k: section[k] for k in CONDITION_KEYS})
-    calibration = None
-    if section["calibration"]:
-        calibration = corpus_items(pd.read_parquet(calib_table))[: section["calib_items"]]
+        options = dataclasses.replace(options, calibration=())
+    calibration = read_rows(calib_table)[: options.calib_items] if options.calibration else None
     adapter = load_run(run, device)
-    table = run_conditions(adapter, rows, style, states["norm"], conditions, calibration, section["batch_items"])
-    table.attrs["modgap"] = {"model": run.name, "shard": shard, "options": section, "output_layer": adapter.n_layers - 1,
+    table = run_conditions(adapter, rows, style, states.norm, conditions_from_options(options), calibration,
+                           options.batch_items)
+    table.attrs["modgap"] = {"model": run.name, "shard": shard, "options": as_dict(options),
+                             "output_layer": adapter.n_layers - 1,
                              "duplicate_positions": "first selected text token wins"}
     write_parquet(table, out_path)
     return table
@@ -73,10 +78,13 @@ def conditions_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return out.rename(columns={"condition": "kind", "name": "condition"})
 
 
-def gather(shards: dict[str, list[str]], out_dir: str | Path, k: int, stats_mode: str) -> dict[str, pd.DataFrame]:
-    """Concatenate each model's shard tables and write items.parquet, conditions.csv, p1_table.csv,
-    calibration.csv, redundancy.csv and tables.md under `out_dir`."""
-    out = Path(out_dir)
+TABLES = ("conditions", "p1_table", "calibration", "redundancy")
+
+
+def gather(shards: dict[str, list[str]], out: dict[str, str | Path], k: int, stats_mode: str
+           ) -> dict[str, pd.DataFrame]:
+    """Concatenate each model's shard tables and write `out["items"]` (Parquet), one CSV per name of `TABLES`
+    (`out[name]`) and `out["markdown"]`: the paths the rule declares."""
     tables = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in shards.items()}
     if not tables:
         raise ValueError("interventions: no model to gather (the models list is empty)")
@@ -86,12 +94,12 @@ def gather(shards: dict[str, list[str]], out_dir: str | Path, k: int, stats_mode
         "calibration": p2_calibration_table(tables, stats_mode).reset_index(),
         "redundancy": redundancy_table(tables),
     }
-    write_parquet(pd.concat([t.assign(model=m) for m, t in tables.items()], ignore_index=True), out / "items.parquet")
+    write_parquet(pd.concat([t.assign(model=m) for m, t in tables.items()], ignore_index=True), out["items"])
     n_items = max(t["id"].nunique() for t in tables.values())
     markdown = [f"# Interventions: {len(tables)} models, {n_items} items each\n"]
     for name, table in results.items():
-        write_csv(table, out / f"{name}.csv")
+        write_csv(table, out[name])
         markdown.append(f"## {name}\n\n{to_markdown(table)}\n")
-    write_text("\n".join(markdown), out / "tables.md")
-    log.info("interventions of %d models gathered in %s", len(tables), out)
+    write_text("\n".join(markdown), out["markdown"])
+    log.info("interventions of %d models gathered in %s", len(tables), Path(out["markdown"]).parent)
     return results

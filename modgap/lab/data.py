@@ -11,11 +11,10 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import soundfile as sf
 import torch
 from transformers import Qwen2AudioProcessor
 
+from modgap.corpus.table import read_rows
 from modgap.corpus.items import Item, words_of
 from modgap.corpus.timing import SAMPLE_RATE
 from modgap.lab.model import messages
@@ -184,14 +183,6 @@ def speech_batch(sset: SpeechSet, rows: list[int], seqs: list[Sequence], pad_id:
 
 
 def load_table(path: str) -> tuple[list[Item], list[np.ndarray]]:
-    """Usable items (status "ok") of a corpus items.parquet and their 16 kHz waves."""
-    df = pd.read_parquet(path)
-    df = df[df["status"] == "ok"]
-    items, waves = [], []
-    for row in df.itertuples():
-        items.append(Item(row.id, row.subject, row.question, list(row.choices), int(row.answer), row.audio))
-        audio, sr = sf.read(row.audio, dtype="float32")
-        if sr != SAMPLE_RATE:
-            raise ValueError(f"{row.audio}: expected 16 kHz audio, got {sr} Hz")
-        waves.append(audio)
-    return items, waves
+    """Usable items of a corpus items.parquet (`modgap.corpus.table`) and their 16 kHz waves."""
+    rows = read_rows(path)
+    return [r.item for r in rows], [r.wave() for r in rows]

@@ -1,8 +1,8 @@
 """Modality-gap metrics on hidden states: geometry, alignment paths (P1 argmax, P2 DTW) and their ground truth."""
 from .dtw import aligned_pairs, dtw_path, dtw_paths
 from .geometry import pooled_similarity, token_norms, token_similarity
-from .paths import alignment_path, alignment_path_score, bottom_k_tokens, path_values
-from .paths import path_consistency, path_monotonicity
+from .alignment import alignment_path, alignment_path_score, bottom_k_tokens, path_values
+from .alignment import path_consistency, path_monotonicity
 from .truth import argmax_path_truth, dtw_path_truth, path_truth, true_positions
 
 __all__ = [

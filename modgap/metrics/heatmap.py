@@ -9,22 +9,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from modgap.atomic import write_npz
-from modgap.store import StoreReader
+from modgap.corpus.table import Row, read_rows
+from modgap.states.store import StoreReader
 
 from .item import batched_dtw
 from .geometry import token_similarity
-from .paths import alignment_path
-from .stage import truth_spans
+from .alignment import alignment_path
 
 
-def chosen_ids(corpus: pd.DataFrame, items: int | list[str]) -> list[str]:
-    """The first `items` usable item ids of the corpus table, or the listed ids (each must be usable)."""
-    usable = corpus.loc[corpus["status"] == "ok", "id"].tolist()
+def chosen_rows(rows: list[Row], items: int | list[str]) -> list[Row]:
+    """The first `items` usable corpus rows, or the listed ids (each must be usable)."""
     if isinstance(items, int):
-        return usable[:items]
-    if missing := [i for i in items if i not in usable]:
+        return rows[:items]
+    by_id = {r.id: r for r in rows}
+    if missing := [i for i in items if i not in by_id]:
         raise ValueError(f"config key plots.heatmap.items: {missing} not among the usable test items")
-    return list(items)
+    return [by_id[i] for i in items]
 
 
 def item_heatmaps(reader: StoreReader, index: int, layers: list[int], band: int | None) -> dict[str, np.ndarray]:
@@ -45,8 +45,8 @@ def heatmap_data(stores: list[str], corpus_table: str | Path, items: int | list[
     `{id}/word_spans_ms` `[W, 2]` (the `truth` timings), `ids` and `layers` (the model layers drawn, in the order of
     `layers`; negative ones count from the last stored layer)."""
     corpus = pd.read_parquet(corpus_table).set_index("id", drop=False)
-    wanted = chosen_ids(corpus, items)
-    spans = truth_spans(corpus.loc[wanted], truth)
+    picked = {r.id: r for r in chosen_rows(read_rows(corpus, truth), items)}
+    wanted = list(picked)
     arrays: dict[str, np.ndarray] = {}
     chosen: list[int] = []
     for store in stores:
@@ -57,7 +57,7 @@ def heatmap_data(stores: list[str], corpus_table: str | Path, items: int | list[
                 continue
             arrays |= {f"{item_id}/{k}": v for k, v in item_heatmaps(reader, index, chosen, band).items()}
             arrays[f"{item_id}/words"] = np.asarray(corpus.at[item_id, "words"], dtype=str)
-            arrays[f"{item_id}/word_spans_ms"] = spans[item_id]
+            arrays[f"{item_id}/word_spans_ms"] = picked[item_id].spans
     found = sorted({k.split("/")[0] for k in arrays})
     if missing := sorted(set(wanted) - set(found)):
         raise ValueError(f"items {missing} are in no store of {stores}")

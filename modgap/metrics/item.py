@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .dtw import dtw_paths
 from .geometry import METRICS, pooled_similarity, token_norms, token_similarity
-from .paths import alignment_path, path_consistency, path_monotonicity, path_values
+from .alignment import alignment_path, path_consistency, path_monotonicity, path_values
 from .truth import argmax_path_truth, dtw_path_truth
 
 

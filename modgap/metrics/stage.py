@@ -20,25 +20,26 @@ from torch import Tensor
 from tqdm import tqdm
 
 from modgap.atomic import write_csv, write_parquet, write_text
-from modgap.store import StoreReader
+from modgap.corpus.table import read_rows
+from modgap.options import as_dict
+from modgap.states.store import StoreReader
 
 from .cka import CKAAccumulator, MinibatchCKA, cka_accumulator, cka_readouts, matrix_agreement
 from .dtw import aligned_pairs
 from .item import DTWConfig, ItemStates, base_paths, dtw_layer_truth, dtw_score, layer_metrics
 from .moments import MomentAccumulator, standardized_l2
+from .options import CKAOptions, MetricsOptions
 
 log = logging.getLogger("modgap")
-TRUTH_COLUMNS = {"corpus": ("start_ms", "end_ms"), "tts": ("tts_start_ms", "tts_end_ms"),
-                 "aligner": ("align_start_ms", "align_end_ms")}
 ESTIMATORS = {"biased": False, "unbiased": True}
 
 
-def dtw_configs(options: dict, layers: list[int]) -> list[DTWConfig]:
+def dtw_configs(options: MetricsOptions, layers: list[int]) -> list[DTWConfig]:
     """The default DTW configuration, then each distinct stability one (unset keys from the default). A base layer
     past the last stored layer is capped to it (the configured and the used layers go to the metadata)."""
     configs: list[DTWConfig] = []
-    for override in [{}, *options["cka"]["stability"]]:
-        spec = {**options["dtw"], **override}
+    for override in [{}, *options.cka.stability]:
+        spec = {**as_dict(options.dtw), **override}
         if spec["base_layer"] not in layers and spec["base_layer"] <= layers[-1]:
             raise ValueError(f"config key metrics.dtw.base_layer: layer {spec['base_layer']} is not stored "
                              f"(stored: {layers})")
@@ -51,12 +52,25 @@ def dtw_configs(options: dict, layers: list[int]) -> list[DTWConfig]:
 
 @dataclass
 class StoredItem:
-    """One item read from a store: its id and correctness per condition, and its states on the metrics device."""
+    """One item read from a store: its id and correctness per condition, its states on the metrics device, and its
+    per-layer readout values `{field}_{cond}` -> [stored layers]."""
 
     id: str
     correct_S: int
     correct_T: int
     states: ItemStates
+    readouts: dict[str, np.ndarray]
+
+
+def layer_readouts(reader: StoreReader) -> dict[str, np.ndarray]:
+    """`{field}_{cond}` -> [items, stored layers] for every readout field stored per layer (shape [L+1])."""
+    n_layers = reader.manifest["layers"]
+    out = {}
+    for field, shape in reader.readout_fields.items():
+        if len(shape) == 1 and shape[0] > max(n_layers):
+            for c in reader.conds:
+                out[f"{field}_{c}"] = reader.readout(c, field)[:, n_layers]
+    return out
 
 
 def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: torch.device) -> Iterator[StoredItem]:
@@ -65,6 +79,7 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
     pos = {c: reader.positions(c) for c in ("S", "T")}
     off = {c: reader.offsets(c) for c in ("S", "T")}
     table = reader.items_table()
+    readouts = layer_readouts(reader)
     for (i, hs), (_, ht) in zip(reader.iter_items("S"), reader.iter_items("T")):
         item_id = reader.items[i]
         if item_id not in word_spans:
@@ -77,7 +92,8 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
             text_words=torch.tensor(t["word"].to_numpy(np.int64), device=device),
             word_spans_ms=torch.as_tensor(word_spans[item_id], dtype=torch.float32, device=device),
         )
-        yield StoredItem(item_id, int(table["correct_S"][i]), int(table["correct_T"][i]), states)
+        yield StoredItem(item_id, int(table["correct_S"][i]), int(table["correct_T"][i]), states,
+                         {k: v[i] for k, v in readouts.items()})
 
 
 def batches(stores: list[str], word_spans: dict[str, np.ndarray], device: torch.device, size: int
@@ -94,17 +110,10 @@ def batches(stores: list[str], word_spans: dict[str, np.ndarray], device: torch.
         yield batch
 
 
-def truth_spans(corpus: pd.DataFrame, truth: str) -> dict[str, np.ndarray]:
-    """Item id -> true word spans `[W, 2]` (ms) from the corpus table's `truth` timings."""
-    start, end = TRUTH_COLUMNS[truth]
-    return {r.id: np.stack([np.asarray(getattr(r, start), float), np.asarray(getattr(r, end), float)], axis=1)
-            for r in corpus.itertuples() if r.status == "ok"}
-
-
-def estimator_accumulators(n: int, d: int, cka: dict, device: torch.device) -> dict[str, CKAAccumulator | MinibatchCKA]:
+def estimator_accumulators(n: int, d: int, cka: CKAOptions, device: torch.device) -> dict[str, CKAAccumulator | MinibatchCKA]:
     """One CKA accumulator per estimator over `n` speech and text layers of width d; the exact accumulator holds the
     sums of both estimators, so it is shared (half the memory of one per estimator)."""
-    make = lambda unbiased: cka_accumulator(n, n, d, d, unbiased, mode=cka["mode"], max_bytes=cka["max_bytes"],  # noqa: E731
+    make = lambda unbiased: cka_accumulator(n, n, d, d, unbiased, mode=cka.mode, max_bytes=cka.max_bytes,  # noqa: E731
                                             device=device)
     biased = make(False)
     return {"biased": biased, "unbiased": biased if isinstance(biased, CKAAccumulator) else make(True)}
@@ -118,17 +127,16 @@ def cka_result(acc: CKAAccumulator | MinibatchCKA, unbiased: bool) -> Tensor:
 class MetricsRun:
     """Accumulates one (model, dataset, voice)'s metrics over its stores."""
 
-    def __init__(self, stores: list[str], corpus: pd.DataFrame, options: dict, device: torch.device) -> None:
+    def __init__(self, stores: list[str], corpus: pd.DataFrame, options: MetricsOptions, device: torch.device) -> None:
         first = StoreReader(stores[0])
         self.stores, self.options, self.device = stores, options, device
         self.layers: list[int] = first.layers
         self.manifests = [StoreReader(s).manifest for s in stores]
-        self.word_spans = truth_spans(corpus, options["truth"])
+        self.word_spans = {r.id: r.spans for r in read_rows(corpus, options.truth)}
         self.subjects = dict(zip(corpus["id"], corpus["subject"]))
         self.configs = dtw_configs(options, self.layers)
         n, d = len(self.layers), first.manifest["d"]
-        cka = options["cka"]
-        self.cka = {c: estimator_accumulators(n, d, cka, device) for c in self.configs}
+        self.cka = {c: estimator_accumulators(n, d, options.cka, device) for c in self.configs}
         self.moments = MomentAccumulator((n, d), device=device)
         self.paths: dict[str, Tensor] = {}  # default-config DTW path per item, for pass 2
         self.columns: dict[str, list[np.ndarray]] = {}
@@ -136,7 +144,7 @@ class MetricsRun:
     def _batches(self, desc: str) -> Iterator[list[StoredItem]]:
         total = sum(m["n_items"] for m in self.manifests)
         with tqdm(total=total, desc=desc, mininterval=5) as bar:
-            for batch in batches(self.stores, self.word_spans, self.device, self.options["batch_items"]):
+            for batch in batches(self.stores, self.word_spans, self.device, self.options.batch_items):
                 yield batch
                 bar.update(len(batch))
 
@@ -148,7 +156,7 @@ class MetricsRun:
             truth = dtw_layer_truth([b.states for b in batch], scores[default.metric], default.band)
             for config in self.configs:
                 for b, path in zip(batch, base_paths(scores[config.metric], config)):
-                    xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options["pairs"])
+                    xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options.pairs)
                     for acc in {id(a): a for a in self.cka[config].values()}.values():  # shared when exact
                         acc.update(xs, ys)
                     if config == default:
@@ -162,7 +170,7 @@ class MetricsRun:
         n = len(self.layers)
         columns = {"id": [item.id] * n, "subject": [self.subjects[item.id]] * n, "layer": self.layers,
                    **{k: v.detach().float().cpu().numpy() for k, v in values.items()},
-                   "correct_S": [item.correct_S] * n, "correct_T": [item.correct_T] * n,
+                   **item.readouts, "correct_S": [item.correct_S] * n, "correct_T": [item.correct_T] * n,
                    "n_S": [item.states.hs.shape[1]] * n, "n_T": [item.states.ht.shape[1]] * n}
         for k, v in columns.items():
             self.columns.setdefault(k, []).append(np.asarray(v))
@@ -174,7 +182,7 @@ class MetricsRun:
         for batch in self._batches("standardized l2"):
             for b in batch:
                 path = self.paths[b.id].to(self.device, torch.long)
-                xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options["pairs"])
+                xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options.pairs)
                 out[b.id] = standardized_l2(xs, ys, std).float().cpu().numpy()
         return out
 
@@ -198,7 +206,7 @@ class MetricsRun:
         return pd.concat(frames, ignore_index=True)
 
     def metadata(self, labels: dict) -> dict:
-        return {**labels, "options": self.options, "layers": self.layers, "device": str(self.device),
+        return {**labels, "options": as_dict(self.options), "layers": self.layers, "device": str(self.device),
                 "dtw_configs": [asdict(c) | {"label": c.label} for c in self.configs],
                 "stores": [{"path": str(s), "config_hash": m.get("config_hash"), "model": m["model"]}
                            for s, m in zip(self.stores, self.manifests)]}
@@ -242,7 +250,7 @@ def _num(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-def run_metrics(stores: list[str], corpus_table: str | Path, options: dict, device: str, labels: dict,
+def run_metrics(stores: list[str], corpus_table: str | Path, options: MetricsOptions, device: str, labels: dict,
                 out: dict[str, str | Path]) -> dict:
     """Compute and write `out["item_metrics"]` (Parquet, one row per item and layer), `out["cka"]` (Parquet, long),
     `out["readouts"]` (CSV) and `out["summary"]` (JSON); the options and inputs go to every output's metadata."""
@@ -251,7 +259,7 @@ def run_metrics(stores: list[str], corpus_table: str | Path, options: dict, devi
     run.first_pass()
     items = run.items_table(run.second_pass())
     cka = run.cka_table()
-    readouts = cka_readout_table(cka, options["cka"]["tau"])
+    readouts = cka_readout_table(cka, options.cka.tau)
     meta = run.metadata(labels)
     for table in (items, cka):
         table.attrs["modgap"] = meta

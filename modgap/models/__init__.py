@@ -10,9 +10,9 @@ from modgap.models.base import (
     option_texts,
     positions_to_words,
 )
-from modgap.models.registry import FAMILIES, load_adapter
+from modgap.models.registry import FAMILIES, load_adapter, load_run
 
 __all__ = [
     "FAMILIES", "Inputs", "LongAudioError", "Prefill", "Prompt", "Scores", "SpeechLM", "extract_answer",
-    "load_adapter", "option_texts", "positions_to_words",
+    "load_adapter", "load_run", "option_texts", "positions_to_words",
 ]

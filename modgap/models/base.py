@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -21,7 +21,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.cache_utils import Cache, DynamicCache
 
@@ -197,6 +196,26 @@ class SpeechLM:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def final_norm(self) -> nn.Module:
+        """The LLM's norm after its last decoder block."""
+        return self.model.model.language_model.norm
+
+    @property
+    def logits_scaling(self) -> float:
+        """What the head's logits are divided by: Granite's `logits_scaling` (8 in the released checkpoints), which
+        `GraniteForCausalLM` applies and transformers' `GraniteSpeechForConditionalGeneration.forward` does not; 1
+        for every other family."""
+        return float(getattr(self.model.config.get_text_config(), "logits_scaling", 1.0) or 1.0)
+
+    @torch.no_grad()
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., V] float32 logits of residual-stream states `h` [..., d] taken at hook points (pre-norm): the model's
+        own final norm and unembedding, divided by `logits_scaling`. At hook point L (the last block's output) this
+        is the model's next-token logits; at earlier layers it is the logit lens."""
+        h = h.to(device=self.device, dtype=self.model.dtype)
+        return self.model.lm_head(self.final_norm(h)).float() / self.logits_scaling
+
     def hook_module(self, layer: int) -> nn.Module:
         """Where hidden state `layer` can be hooked.
 
@@ -208,28 +227,6 @@ class SpeechLM:
         if not 0 <= layer <= self.n_layers:
             raise ValueError(f"layer {layer} out of range 0..{self.n_layers}")
         return self.layers[max(layer - 1, 0)]
-
-    def add_hook(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
-        """Call `fn(h)` on hidden state `layer` ([B, T, d]) in every forward; a returned tensor replaces it.
-
-        Scoring runs the prompt once (`prefill`, full sequence) and then only the option tokens (`option_logliks`,
-        T = option length), so register around `prefill` to edit the prompt only. Remove with `handle.remove()`.
-        """
-        module = self.hook_module(layer)
-        if layer == 0:
-            def pre(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-                new = fn(args[0])
-                return None if new is None else ((new, *args[1:]), kwargs)
-
-            return module.register_forward_pre_hook(pre, with_kwargs=True)
-
-        def post(_module: nn.Module, _args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
-            new = fn(output[0] if isinstance(output, tuple) else output)
-            if new is None:
-                return None
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        return module.register_forward_hook(post)
 
     # --- inputs ------------------------------------------------------------------------------------------------------
     def position_times_ms(self, n_positions: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from modgap.models.granite_speech import GraniteSpeech
 from modgap.models.qwen2_5_omni import Qwen25Omni
 from modgap.models.qwen2_audio import Qwen2Audio
 from modgap.models.voxtral import Voxtral
+from modgap.plan import ModelRun
 
 FAMILIES: dict[str, type[SpeechLM]] = {c.family: c for c in (Qwen2Audio, Qwen25Omni, Voxtral, GraniteSpeech)}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -29,3 +30,9 @@ def load_adapter(family: str, path: str | Path, **options: Any) -> SpeechLM:
                                 "'Qwen/Qwen2-Audio-7B-Instruct')")
     where = str(local) if local.exists() else str(path)
     return FAMILIES[family].load(where, **options)
+
+
+def load_run(run: ModelRun, device: str | None = None) -> SpeechLM:
+    """The adapter of a model run, on `device` (the GPU a job claimed, `modgap.devices.job_device`) or `run.device`."""
+    return load_adapter(run.family, run.path, dtype=run.dtype, device=device or run.device,
+                        attn_implementation=run.attn_implementation, long_audio=run.long_audio)

@@ -1,39 +1,60 @@
-"""Hooks around a prompt forward, in the spirit of baukit's nethook: record or edit hidden state `layer` at given
-rows and positions of a (left-padded) `SpeechLM.prefill_batch`, with the handle always removed on exit.
+"""The package's only hook utility, in the spirit of baukit's nethook: read or replace hidden state `layer` of a
+`SpeechLM` during a forward, at given rows and positions of a (left-padded) batch, with every handle removed on
+exit (one `contextlib.ExitStack` per context, also on exceptions).
 
-Edits apply to the prompt forward only: open the context around `prefill`/`prefill_batch` and score the options
-(`score_prefill`) after it has closed. Hidden state `layer` is whatever `SpeechLM.add_hook` sees there: layer 0 the
-merged input embeddings, layer l the output of decoder block l (for l = L before the final norm, unlike the last of
-`output_hidden_states`). An edit of question positions at layer L cannot change the scores (nothing reads them:
-the logits come from the last prompt position, the KV caches from layers < L); the driver refuses it.
+Hidden state `layer` is the hook point of `SpeechLM.hook_module`: layer 0 the merged input embeddings (a forward
+pre-hook on block 1), layer l the output of decoder block l (for l = L before the final norm, unlike the last of
+`output_hidden_states`). An edit of question positions at layer L cannot change the option scores (nothing reads
+them: the logits come from the last prompt position, the KV caches from layers < L).
 
 Rows and positions refer to the prompts as given: row g is `inputs[g]` and positions index its own, unpadded
-sequence. The hook maps them onto each forward call: `prefill_batch` left-pads every prompt to the longest of its
+sequence. The hooks map them onto each forward call: `prefill_batch` left-pads every prompt to the longest of its
 call (padding = call width - prompt length), and families that cannot batch audio run one call per prompt; both are
-handled by counting rows across calls.
+handled by counting rows across calls. Open a context around the prompt forward only (`modgap.states.spine.forward`
+does) and score the options after it has closed.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from modgap.models.base import Inputs, Prefill, SpeechLM
+from modgap.models.base import Inputs, SpeechLM
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def add_hook(adapter: SpeechLM, layer: int, fn: HookFn) -> RemovableHandle:
+    """Call `fn(h)` on hidden state `layer` ([B, T, d]) in every forward; a returned tensor replaces it.
+    Prefer `hooked`, which always removes the handle."""
+    module = adapter.hook_module(layer)
+    if layer == 0:
+        def pre(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            new = fn(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(_module: nn.Module, _args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
+        new = fn(output[0] if isinstance(output, tuple) else output)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return module.register_forward_hook(post)
 
 
 @contextmanager
-def hooked(
-    adapter: SpeechLM, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None]
-) -> Iterator[RemovableHandle]:
-    """`adapter.add_hook(layer, fn)` for the duration of the block; removed in `finally`, also on exceptions."""
-    handle = adapter.add_hook(layer, fn)
-    try:
-        yield handle
-    finally:
-        handle.remove()
+def hooked(adapter: SpeechLM, fns: dict[int, HookFn]) -> Iterator[None]:
+    """`fns[layer]` hooked on hidden state `layer` for the duration of the block; every handle removed on exit."""
+    with ExitStack() as stack:
+        for layer, fn in fns.items():
+            stack.callback(add_hook(adapter, layer, fn).remove)
+        yield
 
 
 @dataclass
@@ -79,8 +100,8 @@ def edit_rows(adapter: SpeechLM, layer: int, inputs: list[Inputs], edits: dict[i
     """Edit hidden state `layer` during a forward of `inputs` (one `prefill_batch(inputs)` or `prefill` each, in
     order): prompt g's rows `edits[g].positions` become `edits[g].fn(current rows)`; other prompts are untouched.
 
-    The hidden tensor is not modified in place: the hook returns an edited copy. The hook is removed on exit, also on
-    exceptions; on a normal exit it checks that exactly the prompts of `inputs` went through it.
+    The hidden tensor is not modified in place: the hook returns an edited copy. On a normal exit it checks that
+    exactly the prompts of `inputs` went through it.
     """
     counter = _RowCounter(prompt_lengths(inputs))
 
@@ -100,7 +121,7 @@ def edit_rows(adapter: SpeechLM, layer: int, inputs: list[Inputs], edits: dict[i
             out[r, pos] = new.to(h.dtype)
         return out
 
-    with hooked(adapter, layer, fn):
+    with hooked(adapter, {layer: fn}):
         yield
     counter.check_done()
 
@@ -116,39 +137,15 @@ def record_rows(
     counters = {l: _RowCounter(prompt_lengths(inputs)) for l in layers}
     got: dict[int, dict[int, torch.Tensor]] = {l: {} for l in layers}
 
-    def recorder(l: int) -> Callable[[torch.Tensor], None]:
+    def recorder(l: int) -> HookFn:
         def fn(h: torch.Tensor) -> None:
             for r, g, pad in counters[l].rows(h):
                 got[l][g] = h[r, positions[g].to(h.device) + pad].detach().clone()
         return fn
 
     result: list[torch.Tensor] = []
-    handles = []
-    try:
-        for l in layers:
-            handles.append(adapter.add_hook(l, recorder(l)))
+    with hooked(adapter, {l: recorder(l) for l in layers}):
         yield result
-    finally:
-        for handle in handles:
-            handle.remove()
     for c in counters.values():
         c.check_done()
     result.extend(torch.stack([got[l][g] for l in layers]) for g in range(len(inputs)))
-
-
-def prefill_recorded(
-    adapter: SpeechLM, inputs: list[Inputs], layers: list[int]
-) -> tuple[list[Prefill], list[torch.Tensor | None]]:
-    """One unedited `prefill_batch(inputs)` and each prompt's span states at the hook points of `layers`:
-    per prompt [len(layers), n_span, d] (None when `layers` is empty)."""
-    if not layers:
-        return adapter.prefill_batch(inputs), [None] * len(inputs)
-    with record_rows(adapter, layers, inputs, [x.span for x in inputs]) as states:
-        prefills = adapter.prefill_batch(inputs)
-    return prefills, states
-
-
-def prefill_edited(adapter: SpeechLM, inputs: list[Inputs], layer: int, edits: dict[int, RowEdit]) -> list[Prefill]:
-    """`prefill_batch(inputs)` with `edits` applied at hidden state `layer` (options are then scored unedited)."""
-    with edit_rows(adapter, layer, inputs, edits):
-        return adapter.prefill_batch(inputs)

@@ -365,11 +365,6 @@ def within_subject_tests(items: pd.DataFrame, metrics: Sequence[str], include_la
 
 # ---- output --------------------------------------------------------------------------------------------------
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """`df` as a Markdown pipe table (pandas, through `tabulate`), missing values as "—"."""
-    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="—")
-
-
 def _plain(value: Any) -> Any:
     """A JSON-ready scalar: numpy types to Python, NaN/NA to None."""
     if value is None or value is pd.NA or (isinstance(value, float | np.floating) and math.isnan(value)):

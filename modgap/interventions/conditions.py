@@ -1,4 +1,4 @@
-"""Interventions stage driver (no Snakemake): re-score corpus items under edits of the speech prompt's hidden states
+"""Interventions: re-score corpus items under edits of the speech prompt's hidden states
 (P1's angle projection and length normalization, P2's moment calibration) and under text redundancy (P2).
 
 Per batch of items the driver runs one unedited forward per condition (S and T), which gives the baseline
@@ -13,7 +13,7 @@ op(h^S_{i*_j}, h^T_j) at the edited layer. When several selected text tokens map
 first in text order wins (the lowest j): each speech position is edited once, with one text target, so the op's
 norm and direction properties hold exactly; `n_edited` records how many positions were edited.
 
-Edit sites: hidden state l at the hook point of `SpeechLM.add_hook` (0 = input embeddings, l = output of block l,
+Edit sites: hidden state l at the hook point of `modgap.models.hooks` (0 = input embeddings, l = output of block l,
 both equal to `output_hidden_states[l]` for l < L). "input" is layer 0 and "output" is layer L - 1, the last one
 whose edit can reach the answer (see `resolve_layer`). Recorded states, selection and calibration statistics all
 come from the same hook points, so they are in the space that is edited.
@@ -27,18 +27,19 @@ from typing import Union
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from modgap.corpus.items import Item
+from modgap.corpus.table import Row
 from modgap.interventions.calibration import STATS_MODES, CalibrationStats, MomentStats, check_held_out
-from modgap.interventions.hooks import RowEdit, prefill_edited, prefill_recorded
 from modgap.interventions.ops import OPS, moment_calibration
+from modgap.interventions.options import InterventionsOptions
 from modgap.interventions.redundancy import redundant_item
 from modgap.metrics import alignment_path, bottom_k_tokens, path_values, token_similarity
 from modgap.metrics.geometry import METRICS
 from modgap.metrics.moments import MomentAccumulator
 from modgap.models.base import Scores, SpeechLM
-from modgap.states import Row, speech_inputs
+from modgap.models.hooks import RowEdit
+from modgap.states import spine
 
 _SELECT = re.compile(r"^(?:all|bottom-(\d+))$")
 COLUMNS = [
@@ -128,28 +129,16 @@ class Redundancy:
 
 
 Condition = Union[Edit, Calibration, Redundancy]
-CONDITION_KEYS = ("layers", "ops", "select", "k", "metric", "select_layer", "calibration", "stats_mode", "redundancy")
 
 
-def conditions_from_config(section: dict) -> list[Condition]:
-    """The conditions of a config `interventions` section (keys optional; defaults in brackets):
-
-    layers [[0]], ops [[angle, length]], select [[bottom-k, all]] ("bottom-k" takes `k` [3]), metric ["cos"],
-    select_layer [null: the edited layer], calibration [[input, output]], stats_mode ["per_dim"],
-    redundancy [[1, 2, 4, 8]].
-    """
-    if unknown := set(section) - set(CONDITION_KEYS):
-        raise ValueError(f"unknown interventions key(s) {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(sorted(CONDITION_KEYS))})")
-    k = section.get("k", 3)
-    selects = [f"bottom-{k}" if s == "bottom-k" else s for s in section.get("select", ["bottom-k", "all"])]
-    out: list[Condition] = [
-        Edit(op, s, layer, section.get("metric", "cos"), section.get("select_layer"))
-        for layer in section.get("layers", [0]) for op in section.get("ops", ["angle", "length"]) for s in selects
-    ]
-    mode = section.get("stats_mode", "per_dim")
-    out += [Calibration(site, mode) for site in section.get("calibration", ["input", "output"])]
-    out += [Redundancy(int(r)) for r in section.get("redundancy", [1, 2, 4, 8])]
+def conditions_from_options(options: InterventionsOptions) -> list[Condition]:
+    """Every condition of the `interventions` options: edits (layers x ops x selections; "bottom-k" takes `k`),
+    calibrations and redundancy factors."""
+    selects = [f"bottom-{options.k}" if s == "bottom-k" else s for s in options.select]
+    out: list[Condition] = [Edit(op, s, layer, options.metric, options.select_layer)
+                            for layer in options.layers for op in options.ops for s in selects]
+    out += [Calibration(site, options.stats_mode) for site in options.calibration]
+    out += [Redundancy(int(r)) for r in options.redundancy]
     return out
 
 
@@ -187,14 +176,11 @@ def fit_calibration(
     -> stats), from unedited forwards, streamed through `MomentAccumulator` (float64, sample std)."""
     idx = sorted({resolve_layer(l, adapter.n_layers) for l in layers})
     acc = {c: MomentAccumulator((len(idx), adapter.hidden_size)) for c in "ST"}
-    for start in range(0, len(rows), batch_items):
-        batch = rows[start : start + batch_items]
-        for c, inputs in (("S", [speech_inputs(adapter, r) for r in batch]),
-                          ("T", [adapter.text_inputs(r[0], style) for r in batch])):
-            _, states = prefill_recorded(adapter, inputs, idx)
-            for h in states:  # [len(idx), n, d]
+    for batch in spine.run(adapter, rows, style, batch_items=batch_items, span_layers=idx, desc="calibration"):
+        for c, fwd in batch.forwards.items():
+            for h in fwd.span:  # [len(idx), n, d]
                 acc[c].update(h)
-    ids = tuple(r[0].id for r in rows)
+    ids = tuple(r.id for r in rows)
     return {l: CalibrationStats(l, MomentStats.of(acc["S"], n), MomentStats.of(acc["T"], n), ids)
             for n, l in enumerate(idx)}
 
@@ -241,7 +227,7 @@ def run_conditions(
     if not rows:
         raise ValueError("no items to run interventions on")
     n_layers = adapter.n_layers
-    items = [r[0] for r in rows]
+    items = [r.item for r in rows]
     edits = [(c, resolve_layer(c.layer, n_layers),
               resolve_layer(c.layer if c.select_layer is None else c.select_layer, n_layers, editable=False))
              for c in conditions if isinstance(c, Edit)]
@@ -263,24 +249,20 @@ def run_conditions(
     if calibs:
         if calibration_rows is None:
             raise ValueError("calibration conditions need calibration_rows (a held-out calibration split)")
-        check_held_out([r[0].id for r in calibration_rows], [it.id for it in items])
+        check_held_out([r.id for r in calibration_rows], [it.id for it in items])
         stats = fit_calibration(adapter, calibration_rows, style, [l for _, l in calibs], batch_items)
     record = sorted({l for _, l, _ in edits} | {l for _, _, l in edits})
 
     out: list[dict] = []
-    for start in tqdm(range(0, len(rows), batch_items), desc="interventions", unit="batch", mininterval=5):
-        batch = rows[start : start + batch_items]
-        its = items[start : start + batch_items]
-        s_in = [speech_inputs(adapter, r) for r in batch]
-        t_in = [adapter.text_inputs(it, style) for it in its]
-        pre_s, rec_s = prefill_recorded(adapter, s_in, record)
-        pre_t, rec_t = prefill_recorded(adapter, t_in, record)
-        base_s = [adapter.score_prefill(p, it, style, norm) for p, it in zip(pre_s, its)]
-        base_t = [adapter.score_prefill(p, it, style, norm) for p, it in zip(pre_t, its)]
+    for batch in spine.run(adapter, rows, style, batch_items=batch_items, span_layers=record, desc="interventions"):
+        its = batch.items
+        s_in, rec_s, rec_t = batch.forwards["S"].inputs, batch.forwards["S"].span, batch.forwards["T"].span
+        base_s = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["S"].prefills, its)]
+        base_t = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["T"].prefills, its)]
         for it, s, t in zip(its, base_s, base_t):
             out.append(_row(it, s, s, n_layers, condition="S", label="S"))
             out.append(_row(it, t, t, n_layers, condition="T", label="T"))
-        del pre_s, pre_t
+        batch.forwards.clear()
 
         for cond, layer, sel_layer in edits:
             op = OPS[cond.op]
@@ -290,7 +272,7 @@ def run_conditions(
                 i, j = select_edits(hs[sel_at], ht[sel_at], cond.select, cond.metric, it.id)
                 target = ht[at][j.to(ht.device)]
                 plan[g] = RowEdit(x.span[i], lambda h, target=target: op(h, target.to(h.dtype)))
-            pre = prefill_edited(adapter, s_in, layer, plan)
+            pre = spine.forward(adapter, s_in, edit=spine.Edit(layer, plan)).prefills
             for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
                 out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="edit",
                                 label=_label(cond, layer, sel_layer), layer=layer, select=cond.select, op=cond.op,
@@ -299,7 +281,7 @@ def run_conditions(
         for cond, layer in calibs:
             params = stats[layer].params(cond.stats_mode)
             plan = {g: RowEdit(x.span, lambda h, p=params: moment_calibration(h, *p)) for g, x in enumerate(s_in)}
-            pre = prefill_edited(adapter, s_in, layer, plan)
+            pre = spine.forward(adapter, s_in, edit=spine.Edit(layer, plan)).prefills
             for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
                 out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="calibration",
                                 label=_label(cond, layer), layer=layer, select="span", op=cond.stats_mode,
@@ -307,7 +289,7 @@ def run_conditions(
 
         for cond in redundancy:
             rep = [redundant_item(it, int(cond.r)) for it in its]
-            pre = adapter.prefill_batch([adapter.text_inputs(it, style) for it in rep])
+            pre = spine.forward(adapter, [adapter.text_inputs(it, style) for it in rep]).prefills
             for it, p, b in zip(rep, pre, base_t):
                 out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="redundancy",
                                 label=_label(cond), op="repeat", r=int(cond.r)))

@@ -1,4 +1,4 @@
-"""Stats stage driver: gather every checkpoint's metrics table of one (dataset, voice), run `modgap.stats`, and
+"""Stats stage driver: gather every checkpoint's metrics table of one (dataset, voice), run `modgap.stats.analysis`, and
 write CSV tables, one Markdown file with all of them, and a JSON of the headline numbers."""
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modgap import stats
+from modgap.stats import analysis as stats
+from modgap.stats.options import StatsOptions
+from modgap.tables import to_markdown
 from modgap.atomic import write_csv, write_text
 from modgap.checkpoints import parse_model
 
@@ -28,13 +30,13 @@ def gather(tables: dict[str, str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def stat_tables(items: pd.DataFrame, options: dict, include_layer0: bool) -> dict[str, pd.DataFrame]:
+def stat_tables(items: pd.DataFrame, options: StatsOptions, include_layer0: bool) -> dict[str, pd.DataFrame]:
     """Every table of the stage, by name; each carries n_items (and n_checkpoints where rows pool checkpoints)."""
-    x, per_item = options["metrics"], options["item_metrics"]
+    x, per_item = list(options.metrics), list(options.item_metrics)
     return {
         "points": stats.checkpoint_points(items, x, include_layer0).sort_values(["strategy", "step"],
                                                                                 ignore_index=True),
-        "fits": stats.checkpoint_table(items, x, "strategy", options["n_boot"], options["seed"], options["n_perm"],
+        "fits": stats.checkpoint_table(items, x, "strategy", options.n_boot, options.seed, options.n_perm,
                                        include_layer0=include_layer0),
         "item_layer": stats.item_layer_tests(items, per_item),
         "item_layer_by_model": stats.item_layer_tests(items, per_item, by="model"),
@@ -56,20 +58,21 @@ TITLES = {
 }
 
 
-def run_stats(tables: dict[str, str | Path], options: dict, include_layer0: bool, out_dir: str | Path) -> dict:
-    """Write `<out_dir>/<table>.csv` for every table, `<out_dir>/tables.md` and `<out_dir>/headline.json`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def run_stats(tables: dict[str, str | Path], options: StatsOptions, include_layer0: bool,
+              out: dict[str, str | Path]) -> dict:
+    """Write `out[name]` (CSV) for every table of `TITLES`, `out["markdown"]` and `out["headline"]` (JSON): the
+    paths the rule declares."""
     items = gather(tables)
     results = stat_tables(items, options, include_layer0)
     markdown = [f"# Gap statistics: {items['model'].nunique()} checkpoints, {items['id'].nunique()} items\n"]
     for name, table in results.items():
-        write_csv(table, out / f"{name}.csv")
-        markdown.append(f"## {TITLES[name]}\n\n{stats.to_markdown(table)}\n")
-    write_text("\n".join(markdown), out / "tables.md")
+        write_csv(table, out[name])
+        markdown.append(f"## {TITLES[name]}\n\n{to_markdown(table)}\n")
+    write_text("\n".join(markdown), out["markdown"])
     head = stats.headline(results["fits"]) | {"n_items": int(items["id"].nunique()),
                                               "n_checkpoints": int(items["model"].nunique()),
                                               "include_layer0": include_layer0}
-    write_text(json.dumps(head, indent=1, allow_nan=False), out / "headline.json")
-    log.info("stats of %d checkpoints x %d items written to %s", head["n_checkpoints"], head["n_items"], out)
+    write_text(json.dumps(head, indent=1, allow_nan=False), out["headline"])
+    log.info("stats of %d checkpoints x %d items written to %s", head["n_checkpoints"], head["n_items"],
+             Path(out["headline"]).parent)
     return head

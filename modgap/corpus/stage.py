@@ -24,6 +24,7 @@ from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_j
 from modgap.corpus.timing import SAMPLE_RATE, WordTiming
 from modgap.paths import NATIVE_VOICE
 from modgap.corpus.tts import EspeakTTS, TTSError
+from modgap.tables import to_markdown
 
 
 
@@ -241,15 +242,16 @@ def write_summary(tables: dict[str, str], out_json: str | Path, out_md: str | Pa
     """Summarise every `split/voice` table of a dataset as JSON and a Markdown table."""
     summary = {key: summarize_split(pd.read_parquet(path), tolerance_ms) for key, path in tables.items()}
     write_text(json.dumps(summary, indent=2) + "\n", out_json)
-    lines = [
-        "| split/voice | items | ok | excluded | audio (s) | agreement median / p90 / max (ms) | within tol. |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for key, s in summary.items():
-        excl = ", ".join(f"{k}: {v}" for k, v in s["excluded"].items()) or "0"
         a = s["agreement"]
-        agree = f"{a['median_ms']:.0f} / {a['p90_ms']:.0f} / {a['max_ms']:.0f}" if a else "n/a (no TTS timings)"
-        within = f"{a[f'within_{tolerance_ms:g}ms']:.1%}" if a else "n/a"
-        lines.append(f"| {key} | {s['items']} | {s['ok']} | {excl} | {s['audio_s']:.0f} | {agree} | {within} |")
-    write_text("\n".join(lines) + "\n", out_md)
+        rows.append({
+            "split/voice": key, "items": s["items"], "ok": s["ok"],
+            "excluded": ", ".join(f"{k}: {v}" for k, v in s["excluded"].items()) or "0",
+            "audio (s)": f"{s['audio_s']:.0f}",
+            "agreement median / p90 / max (ms)":
+                f"{a['median_ms']:.0f} / {a['p90_ms']:.0f} / {a['max_ms']:.0f}" if a else "n/a (no TTS timings)",
+            "within tol.": f"{a[f'within_{tolerance_ms:g}ms']:.1%}" if a else "n/a",
+        })
+    write_text(to_markdown(pd.DataFrame(rows)) + "\n", out_md)
     return summary

@@ -8,6 +8,8 @@ Layout (cond: each condition the writer is given, S and T by default; shapes in 
   {cond}/item, seq, word, start_ms, end_ms  [positions] int32: item index, index in the model's full input
                                             sequence, word index, time span in ms; -1 where none
   {cond}/pred [items] int16 (-1 unparsed), {cond}/correct [items] int8, {cond}/loglik [items, n_options] float32
+  {cond}/readouts/{field}                   [items, *shape] float32: each readout field of `modgap.states.readouts`
+                                            (the manifest's `readouts` maps field -> per-item shape); NaN where none
 Group attributes: the manifest, `n_done` (items committed) and `complete`. Every chunk ends in a crc32c.
 One job must own the whole group: zarr has no locks, and two writers in one chunk silently lose data.
 """
@@ -86,6 +88,7 @@ class CondBatch:
     word: Any = None  # [N] word index, -1 none
     start_ms: Any = None  # [N]
     end_ms: Any = None  # [N]
+    readouts: dict[str, Any] | None = None  # field -> [B, *shape] per-item readout values
 
 
 @contextlib.contextmanager
@@ -141,7 +144,8 @@ class StoreWriter:
     def __init__(self, path: str | Path, *, model: str, layers: Sequence[int], d: int, n_options: int,
                  conds: Sequence[str] = ("S", "T"), dtype: str = "float16", bitround_bits: int | None = None,
                  zstd_level: int | None = 1, config_hash: str = "", extra: dict | None = None,
-                 positions_per_chunk: int | None = None, background: bool = True) -> None:
+                 positions_per_chunk: int | None = None, background: bool = True,
+                 readouts: dict[str, Sequence[int]] | None = None) -> None:
         if dtype not in DTYPES or (bitround_bits is not None and (dtype == "bfloat16" or zstd_level is None)):
             raise ValueError(f"dtype {dtype!r}, bitround_bits {bitround_bits}, zstd_level {zstd_level}: BitRound "
                              "needs float16 or float32, and zstd to gain anything")
@@ -152,7 +156,9 @@ class StoreWriter:
         self.setup = {"format": "modgap.store/1", "model": model, "config_hash": config_hash,
                       "layers": [int(x) for x in layers], "d": d, "n_options": n_options, "conds": self.conds,
                       "dtype": dtype, "bitround_bits": bitround_bits, "zstd_level": zstd_level,
-                      "chunk_positions": positions_per_chunk or chunk_positions(d, dtype)}
+                      "chunk_positions": positions_per_chunk or chunk_positions(d, dtype),
+                      "readouts": {k: [int(x) for x in v] for k, v in (readouts or {}).items()}}
+        self.item_fields = ITEM_FIELDS + tuple(f"readouts/{k}" for k in self.setup["readouts"])
         self._pending: dict[str, list[np.ndarray]] = {c: [] for c in conds}  # hidden [layers, n, d] not flushed
         self._base = dict.fromkeys(conds, 0)  # hidden positions flushed, a multiple of chunk_positions
         self._offsets = {c: np.zeros(1, np.int64) for c in conds}  # of every item appended
@@ -180,7 +186,9 @@ class StoreWriter:
                       **{f"{c}/{f}": ((0,), (POS_CHUNK,), np.int32, -1) for f in POS_FIELDS},
                       f"{c}/pred": ((0,), (ITEM_CHUNK,), np.int16, -1),
                       f"{c}/correct": ((0,), (ITEM_CHUNK,), np.int8, -1),
-                      f"{c}/loglik": ((0, k), (ITEM_CHUNK, k), np.float32, np.nan)}
+                      f"{c}/loglik": ((0, k), (ITEM_CHUNK, k), np.float32, np.nan),
+                      **{f"{c}/readouts/{f}": ((0, *shape), (ITEM_CHUNK, *shape), np.float32, np.nan)
+                         for f, shape in self.setup["readouts"].items()}}
         self._group = g = zarr.open_group(self.partial, mode="w",
                                           attributes={**self.setup, "n_done": 0, "complete": False})
         bits, bf16, level = self.setup["bitround_bits"], self.dtype == "bfloat16", self.setup["zstd_level"]
@@ -221,7 +229,7 @@ class StoreWriter:
             _resize(a[f"{c}/offsets"], 0, n + 1)
             for f in POS_FIELDS:
                 _resize(a[f"{c}/{f}"], 0, int(self._offsets[c][n]))
-            for f in ITEM_FIELDS:
+            for f in self.item_fields:
                 _resize(a[f"{c}/{f}"], 0, n)
 
     def _n(self) -> int:
@@ -252,7 +260,16 @@ class StoreWriter:
         if b.loglik is not None:
             ll = _np(b.loglik, B, np.float32, f"{cond}.loglik")
             loglik[:, : ll.shape[1]] = ll
+        fields = self.setup["readouts"]
+        given = b.readouts or {}
+        if sorted(given) != sorted(fields):
+            raise ValueError(f"{cond}.readouts: fields {sorted(given)}, expected {sorted(fields)}")
+        readouts = {f"readouts/{f}": np.asarray(given[f], np.float32) for f in fields}
+        for f, shape in fields.items():
+            if readouts[f"readouts/{f}"].shape != (B, *shape):
+                raise ValueError(f"{cond}.readouts.{f}: shape {readouts[f'readouts/{f}'].shape}, expected {(B, *shape)}")
         return {"hidden": h.view(torch.int16).numpy().view(np.uint16) if self.dtype == "bfloat16" else h.numpy(),
+                **readouts,
                 "lengths": lengths, "loglik": loglik, "pred": _np(b.pred, B, np.int16, f"{cond}.pred"),
                 "correct": _np(b.correct, B, np.int8, f"{cond}.correct"),
                 **{f: _np(getattr(b, f), N, np.int32, f"{cond}.{f}") for f in POS_FIELDS[1:]}}
@@ -298,11 +315,11 @@ class StoreWriter:
         if self._rows:
             _put(a["ids"], n0, np.array([i for ids, _ in self._rows for i in ids], dtype=object))
             for c in self.conds:
-                rows = {f: np.concatenate([b[c][f] for _, b in self._rows]) for f in POS_FIELDS + ITEM_FIELDS}
+                rows = {f: np.concatenate([b[c][f] for _, b in self._rows]) for f in POS_FIELDS + self.item_fields}
                 _put(a[f"{c}/offsets"], n0 + 1, self._offsets[c][n0 + 1:])
                 for f in POS_FIELDS:
                     _put(a[f"{c}/{f}"], int(self._offsets[c][n0]), rows[f])
-                for f in ITEM_FIELDS:
+                for f in self.item_fields:
                     _put(a[f"{c}/{f}"], n0, rows[f])
             self._rows, self._n_rows = [], self._n()
         done = min(int(np.searchsorted(o, self._base[c], side="right")) - 1 for c, o in self._offsets.items())
@@ -408,6 +425,17 @@ class StoreReader:
         """Per-position metadata (columns item, seq, word, start_ms, end_ms) of one item, or of all."""
         sel = () if item is None else (self._span(cond, item),)
         return pd.DataFrame({f: self._read(f"{cond}/{f}", sel) for f in POS_FIELDS})
+
+    @property
+    def readout_fields(self) -> dict[str, tuple[int, ...]]:
+        """Readout field -> per-item shape (stores written before readouts existed have none)."""
+        return {k: tuple(v) for k, v in self.manifest.get("readouts", {}).items()}
+
+    def readout(self, cond: str, field: str) -> np.ndarray:
+        """`[items, *shape]` float32 values of one readout field."""
+        if field not in self.readout_fields:
+            raise KeyError(f"{self.path}: no readout field {field!r} (stored: {sorted(self.readout_fields)})")
+        return self._read(f"{cond}/readouts/{field}", ())
 
     def loglik(self, cond: str) -> np.ndarray:
         """`[items, n_options]` option log-likelihoods, NaN where an item has fewer options."""

@@ -1,0 +1,30 @@
+"""Options of the interventions stage (config section `interventions`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modgap.options import build
+
+
+@dataclass(frozen=True)
+class InterventionsOptions:
+    """Models to run (None = all); P1 edits: edited layers, ops, token selections ("bottom-k" takes `k`), the
+    selection path's metric and layer (None = the edited layer); P2: calibration sites, statistics mode and the
+    calib items they are fitted on, text-redundancy factors; items per forward."""
+
+    models: tuple[str, ...] | None
+    layers: tuple[int | str, ...]
+    ops: tuple[str, ...]
+    select: tuple[str, ...]
+    k: int
+    metric: str
+    select_layer: int | str | None
+    calibration: tuple[str, ...]
+    stats_mode: str
+    calib_items: int
+    redundancy: tuple[int, ...]
+    batch_items: int
+
+    @classmethod
+    def from_config(cls, section: dict) -> InterventionsOptions:
+        return build(cls, section, "interventions")

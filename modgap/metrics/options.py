@@ -1,0 +1,40 @@
+"""Options of the metrics stage (config section `metrics`): every open choice of METHODS.md."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modgap.options import build
+
+
+@dataclass(frozen=True)
+class DTWOptions:
+    """P2's alignment: the layer whose similarity matrix is aligned, the similarity maximised, a Sakoe-Chiba band."""
+
+    base_layer: int
+    metric: str
+    band: int | None
+
+
+@dataclass(frozen=True)
+class CKAOptions:
+    """Band-width threshold, estimator mode and memory cap, and the DTW overrides whose CKA is compared."""
+
+    tau: float
+    mode: str
+    max_bytes: int
+    stability: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    device: str
+    include_layer0: bool
+    truth: str
+    batch_items: int
+    dtw: DTWOptions
+    pairs: str
+    cka: CKAOptions
+
+    @classmethod
+    def from_config(cls, section: dict) -> MetricsOptions:
+        return build(cls, section, "metrics")

@@ -1,0 +1,131 @@
+"""The forward spine: the one place that runs a model over corpus rows (`SpeechLM.prefill_batch`).
+
+`forward` runs one batch of prompts of one condition, optionally recording hook-point states (over each prompt's
+span, or at the decision position of every layer) and optionally under an edit. `run` walks a shard's rows in
+batches, runs S and T through `forward`, hands each readout what it needs and yields one `Batch` per step. The
+states dump, the calibration fit and every intervention consume it; option scoring stays with the consumer
+(`SpeechLM.score_prefill` on the yielded prefills).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from modgap.corpus.items import Item
+from modgap.corpus.table import Row
+from modgap.models.base import Inputs, Prefill, SpeechLM
+from modgap.models.hooks import RowEdit, edit_rows, record_rows
+from modgap.states.readouts import Readout, Seen
+
+CONDITIONS = ("S", "T")
+
+
+@dataclass
+class Edit:
+    """Replace rows of prompts at hidden state `layer` (see `modgap.models.hooks.edit_rows`)."""
+
+    layer: int
+    rows: dict[int, RowEdit]
+
+
+@dataclass
+class Forward:
+    """One batch of prompts after its forward.
+
+    prefills: one per prompt (with span states [L+1, n, d] of `output_hidden_states` when `hidden`); span: per
+    prompt [len(span_layers), n, d] hook-point states over the span (None when none were asked); decision:
+    [B, L+1, d] hook-point states at each prompt's last position (the decision position) when asked.
+    """
+
+    inputs: list[Inputs]
+    prefills: list[Prefill]
+    span: list[torch.Tensor | None]
+    decision: torch.Tensor | None = None
+
+
+def speech_inputs(adapter: SpeechLM, row: Row) -> Inputs:
+    """Condition S of a corpus row: its recording, with its word spans for the positions' word indices."""
+    return adapter.speech_inputs(row.item, row.wave(), row.spans)
+
+
+def condition_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, condition: str) -> list[Inputs]:
+    """The prompts of `rows` in one condition."""
+    if condition == "S":
+        return [speech_inputs(adapter, r) for r in rows]
+    return [adapter.text_inputs(r.item, style) for r in rows]
+
+
+def forward(
+    adapter: SpeechLM,
+    inputs: list[Inputs],
+    *,
+    hidden: bool = False,
+    span_layers: Sequence[int] = (),
+    decision: bool = False,
+    edit: Edit | None = None,
+) -> Forward:
+    """One `prefill_batch` of `inputs` (one condition), recording what is asked, under `edit` if given."""
+    last = [torch.tensor([int(x.model_inputs["input_ids"].shape[1]) - 1]) for x in inputs]
+    with ExitStack() as stack:
+        if edit is not None:
+            stack.enter_context(edit_rows(adapter, edit.layer, inputs, edit.rows))
+        span = (stack.enter_context(record_rows(adapter, list(span_layers), inputs, [x.span for x in inputs]))
+                if span_layers else None)
+        at_decision = (stack.enter_context(record_rows(adapter, list(range(adapter.n_layers + 1)), inputs, last))
+                       if decision else None)
+        prefills = adapter.prefill_batch(inputs, hidden=hidden)
+    return Forward(
+        inputs, prefills, span if span is not None else [None] * len(inputs),
+        None if at_decision is None else torch.stack([h[:, 0] for h in at_decision]),
+    )
+
+
+@dataclass
+class Batch:
+    """One step of `run`: the rows and items, and per condition the forward and each readout field `[B, *shape]`."""
+
+    rows: list[Row]
+    forwards: dict[str, Forward]
+    readouts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def items(self) -> list[Item]:
+        return [r.item for r in self.rows]
+
+
+def run(
+    adapter: SpeechLM,
+    rows: Sequence[Row],
+    style: str,
+    *,
+    batch_items: int,
+    conditions: Sequence[str] = CONDITIONS,
+    hidden: bool = False,
+    span_layers: Sequence[int] = (),
+    readouts: Sequence[Readout] = (),
+    desc: str = "forward",
+    done: int = 0,
+) -> Iterator[Batch]:
+    """Run `rows` in batches of `batch_items` through every condition and yield each `Batch`, readouts computed.
+
+    `done` rows count as already finished (a resumed run passes the rows after them and the bar starts there).
+    """
+    needs = {n for r in readouts for n in r.needs}
+    with tqdm(total=len(rows) + done, initial=done, desc=desc, mininterval=5) as bar:
+        for start in range(0, len(rows), batch_items):
+            chunk = list(rows[start : start + batch_items])
+            items = [r.item for r in chunk]
+            batch = Batch(chunk, {})
+            for c in conditions:
+                fwd = forward(adapter, condition_inputs(adapter, chunk, style, c), hidden=hidden,
+                              span_layers=span_layers, decision="decision_states" in needs)
+                batch.forwards[c] = fwd
+                seen = Seen(adapter, c, style, items, fwd.inputs, fwd.prefills, fwd.decision)
+                batch.readouts[c] = {k: v for r in readouts for k, v in r(seen).items()}
+            yield batch
+            bar.update(len(chunk))

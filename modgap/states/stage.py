@@ -1,0 +1,107 @@
+"""States stage driver: run a speech LLM on each corpus row as speech (S) and as text (T) through the forward spine,
+score the answer, and write the span hidden states of the selected layers and every enabled readout's fields into a
+resumable Zarr store (`modgap.states.store`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from modgap.atomic import write_csv, write_parquet
+from modgap.corpus.items import Item
+from modgap.corpus.table import Row, read_shard
+from modgap.models import load_run
+from modgap.models.base import Inputs, Scores, SpeechLM
+from modgap.options import as_dict
+from modgap.plan import ModelRun
+from modgap.states import readouts as readout_registry
+from modgap.states import spine
+from modgap.states.options import StatesOptions
+from modgap.states.store import CondBatch, StoreReader, StoreWriter, predictions_table
+
+
+def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], scores: list[Scores], items: list[Item],
+                    layers: list[int], times, readouts: dict[str, np.ndarray]) -> CondBatch:
+    """Pack per-item inputs, span states [L+1, n, d], scores and readout fields into one CondBatch over `layers`."""
+    spans = [times(x) for x in inputs]
+    return CondBatch(
+        hidden=torch.cat([h[layers] for h in hidden], dim=1),
+        lengths=[len(x.span) for x in inputs],
+        seq=np.concatenate([x.span.numpy() for x in inputs]),
+        pred=np.array([s.pred for s in scores]),
+        correct=np.array([int(s.pred == it.answer) for s, it in zip(scores, items)]),
+        loglik=_pad([s.logliks for s in scores]),
+        word=np.concatenate([x.words if x.words is not None else np.full(len(x.span), -1) for x in inputs]),
+        start_ms=np.concatenate([t[:, 0] for t in spans]),
+        end_ms=np.concatenate([t[:, 1] for t in spans]),
+        readouts=readouts,
+    )
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    """[B, max k] option log-likelihoods, NaN where an item has fewer options."""
+    out = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | Path, options: StatesOptions,
+                model_id: str, config_hash: str = "") -> pd.DataFrame:
+    """Run S and T for every row, write the store at `out_path` and return its predictions table.
+
+    A killed run leaves `<out_path>.partial`; calling again resumes after the last committed item.
+    """
+    layers = options.stored_layers(adapter.n_layers)
+    readouts = readout_registry.enabled(options.readouts)
+    writer = StoreWriter(
+        out_path, model=model_id, layers=layers, d=adapter.hidden_size,
+        n_options=max(len(r.item.choices) for r in rows), dtype=options.dtype, bitround_bits=options.bitround_bits,
+        config_hash=config_hash, extra={"style": style, "norm": options.norm, "family": adapter.family},
+        readouts=readout_registry.field_shapes(readouts, adapter),
+    )
+    times = {"S": lambda x: adapter.position_times_ms(len(x.span)), "T": lambda x: np.full((len(x.span), 2), -1.0)}
+    with writer:
+        for batch in spine.run(adapter, rows[writer.n_done :], style, batch_items=options.batch_items, hidden=True,
+                               readouts=readouts, desc=f"states {model_id}", done=writer.n_done):
+            conds = {}
+            for c, fwd in batch.forwards.items():
+                scores = [adapter.score_prefill(p, it, style, options.norm) for p, it in zip(fwd.prefills, batch.items)]
+                conds[c] = condition_batch(fwd.inputs, [p.hidden for p in fwd.prefills], scores, batch.items, layers,
+                                           times[c], batch.readouts[c])
+            writer.append([it.id for it in batch.items], conds)
+    return predictions_table(StoreReader(out_path))
+
+
+def accuracy_table(predictions: pd.DataFrame, **labels: str) -> pd.DataFrame:
+    """One row: `labels` (model, dataset, voice), text and speech accuracy, GAP in points, and item count."""
+    acc = predictions.pivot_table(index="id", columns="condition", values="correct")
+    text, speech = float(acc["T"].mean()), float(acc["S"].mean())
+    return pd.DataFrame(
+        [{**labels, "text_acc": text, "speech_acc": speech, "gap": round(100 * (text - speech), 2), "n_items": len(acc)}]
+    )
+
+
+def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: StatesOptions, out_path: str | Path,
+              device: str | None = None) -> pd.DataFrame:
+    """Dump one shard of a corpus items table for one model. `device` overrides `run.device` and is not part of
+    the store's config hash, so a killed dump resumes on another GPU."""
+    rows, style = read_shard(items_table, shard, options.shard_items, options.max_items)
+    adapter = load_run(run, device)
+    # the items too: a killed dump resumes only onto the same rows (a rebuilt corpus starts over)
+    items = [(r.id, r.audio, r.spans.tolist()) for r in rows]
+    digest = hashlib.sha256(json.dumps([run.to_dict(), as_dict(options), items], sort_keys=True).encode()).hexdigest()
+    return dump_states(adapter, rows, style, out_path, options, run.name, config_hash=digest[:12])
+
+
+def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path) -> pd.DataFrame:
+    """Concatenate the shards' predictions (Parquet) and write the model's accuracy row (CSV)."""
+    pred = pd.concat([predictions_table(StoreReader(s)) for s in stores], ignore_index=True)
+    write_parquet(pred.drop(columns="item"), predictions_out)
+    acc = accuracy_table(pred, **labels)
+    write_csv(acc, accuracy_out)
+    return acc

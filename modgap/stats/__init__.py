@@ -1,0 +1,1 @@
+"""Stats stage: the gap statistics (`analysis`), their options (`options`) and the driver (`stage`)."""
