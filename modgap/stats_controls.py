@@ -132,7 +132,7 @@ def r2_interval(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
             "method": "bootstrap over points", "flag": ""}
 
 
-# --- checkpoint-level fits per training strategy -----------------------------------------------------------------------
+# --- checkpoint-level fits per training strategy ---------------------------------------------------------------------
 def fit_by_strategy(points: pd.DataFrame, x: str, y: str = "gap", by: str = "strategy", pooled: bool = False,
                     n_boot: int = 2000, seed: int = 0, n_perm: int = 9999, min_points: int = 5) -> pd.DataFrame:
     """P1's checkpoint-level regression of y on x fitted per value of `by` (P1 never pooled training strategies),

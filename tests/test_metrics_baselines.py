@@ -11,7 +11,7 @@ import torch
 
 from modgap.metrics.baselines import (
     cosine_cost, derangement, expected_random_hit_rate, hit_rate, lift, min_cost_dtw_path, min_cost_dtw_paths,
-    position_times_ms, proportional_pairs, proportional_path, random_path, truth_aligned_pairs, truth_pairs,
+    path_baseline_columns, position_times_ms, proportional_pairs, proportional_path, random_path, truth_aligned_pairs, truth_pairs,
     word_index_pairs,
 )
 from modgap.metrics.dtw import aligned_pairs
@@ -102,6 +102,12 @@ def test_planted_alignment_gives_argmax_hits_and_lift_over_the_proportional_path
     assert torch.equal(learned, torch.ones(layers))
     assert proportional.item() < 0.75
     assert (lift(learned, proportional) > 0.25).all()
+    columns = path_baseline_columns(learned, times, words, spans)
+    assert torch.equal(columns["gt_hit_proportional"], proportional.expand(layers))
+    assert torch.equal(columns["gt_lift_argmax"], learned - proportional)
+    torch.testing.assert_close(columns["gt_hit_random"],
+                               expected_random_hit_rate(times, words, spans).to(learned).expand(layers))
+    assert (columns["gt_hit_random"] < proportional).all()  # silence between words: random does worse still
 
 
 def test_proportional_path_misses_predictably_on_unequal_words():
@@ -223,6 +229,7 @@ def test_derangement_has_no_fixed_point_and_is_seeded():
         for seed in range(20):
             sigma = derangement(n, torch.Generator().manual_seed(seed))
             assert sorted(sigma.tolist()) == list(range(n)) and all(s != a for a, s in enumerate(sigma.tolist()))
-    assert torch.equal(derangement(10, torch.Generator().manual_seed(1)), derangement(10, torch.Generator().manual_seed(1)))
+    same = [derangement(10, torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert torch.equal(*same)
     with pytest.raises(ValueError):
         derangement(1, torch.Generator())

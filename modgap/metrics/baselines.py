@@ -135,3 +135,18 @@ def proportional_pairs(n_pairs: int, n_speech: int, n_text: int) -> tuple[Tensor
     `proportional_path(n_pairs, Tt)`, `[n_pairs]` long each (pair k joins the centres of slice k of both spans;
     indices repeat on a side shorter than n_pairs). Used to pair one item's speech with another item's text."""
     return proportional_path(n_pairs, n_speech), proportional_path(n_pairs, n_text)
+
+
+def path_baseline_columns(learned_hits: Tensor, speech_times_ms: Tensor, text_words: Tensor,
+                          word_spans_ms: Tensor, prefix: str = "argmax") -> dict[str, Tensor]:
+    """Per-layer columns `[layers]` to sit next to a learned path's hit rate `learned_hits` `[layers]` (the metrics
+    table's gt_hit_argmax or gt_hit_dtw) for one item: gt_hit_proportional (`proportional_path`), gt_hit_random
+    (`expected_random_hit_rate`, analytic) and gt_lift_<prefix> (learned - proportional). The baselines read no
+    states, so they are equal across layers."""
+    n_text, n_speech = len(text_words), len(speech_times_ms)
+    proportional = hit_rate(proportional_path(n_text, n_speech).to(text_words.device), speech_times_ms, text_words,
+                            word_spans_ms).to(learned_hits.dtype)
+    random = expected_random_hit_rate(speech_times_ms, text_words, word_spans_ms).to(learned_hits)
+    return {"gt_hit_proportional": proportional.expand_as(learned_hits),
+            "gt_hit_random": random.expand_as(learned_hits),
+            f"gt_lift_{prefix}": lift(learned_hits, proportional)}
