@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import pytest
+import tiny_models as tiny
 import torch
+from test_interventions import corpus_table, speech
 
+from modgap.corpus.lab_world import generate_lab
 from modgap.interventions.controls import (
     apply_row_edits, control_sites, even_positions, other_item_targets, other_item_tokens, random_positions,
 )
+from modgap.interventions.hooks import RowEdit, prefill_edited, prefill_recorded
 from modgap.interventions.ops import angle_projection, length_normalization
 from modgap.interventions.runner import select_edits
+from modgap.models import load_adapter
+from modgap.states import corpus_items
 
 
 def test_random_positions_are_distinct_sorted_seeded_and_uniform():
@@ -81,3 +87,34 @@ def test_other_item_tokens_take_the_same_relative_position():
     assert torch.equal(other_item_tokens(j, 6, 6), j)
     assert other_item_tokens(j, 6, 3).tolist() == [0, 0, 1, 1, 2, 2]  # a shorter text: targets repeat
     assert other_item_tokens(j, 6, 12).tolist() == [1, 3, 5, 7, 9, 11]
+
+
+def test_control_edits_through_the_hooks_of_a_tiny_model(tmp_path):
+    """Through `prefill_edited` on a tiny Qwen2-Audio: identity ops at random, even and path sites leave the logits
+    bit for bit; another item's text pasted at random positions moves them (sites are span-relative, as the path's)."""
+    rows = corpus_items(corpus_table(generate_lab(0, 0, 3, 5)["test"], tmp_path / "audio"))[:3]
+    model = tiny.build_qwen2_audio(tmp_path / "model", tiny.tiny_tokenizer(), window_s=4)
+    adapter = load_adapter("qwen2_audio", str(model), device="cpu")
+    s_in = speech(adapter, rows)
+    t_in = [adapter.text_inputs(r[0], "cloze") for r in rows]
+    base, rec_s = prefill_recorded(adapter, s_in, [0])
+    _, rec_t = prefill_recorded(adapter, t_in, [0])
+    g = torch.Generator().manual_seed(0)
+    sites = [select_edits(hs[0], ht[0], "all") for hs, ht in zip(rec_s, rec_t)]
+    partners, tokens = other_item_targets([j for _, j in sites], [ht.shape[1] for ht in rec_t], g)
+    for control in ("random", "even"):
+        plan = {}
+        for k, (x, (i, j)) in enumerate(zip(s_in, sites)):
+            pos, _ = control_sites(control, i, j, len(x.span), g)
+            plan[k] = RowEdit(x.span[pos], lambda h: angle_projection(h, h))
+        for p, b in zip(prefill_edited(adapter, s_in, 0, plan), base):
+            assert torch.equal(p.logprobs, b.logprobs)
+    plan = {k: RowEdit(x.span[i], lambda h: length_normalization(h, h)) for k, (x, (i, _)) in
+            enumerate(zip(s_in, sites))}
+    assert all(torch.equal(p.logprobs, b.logprobs) for p, b in zip(prefill_edited(adapter, s_in, 0, plan), base))
+    plan = {}
+    for k, (x, (i, _)) in enumerate(zip(s_in, sites)):
+        target = rec_t[int(partners[k])][0][tokens[k]] * 10
+        plan[k] = RowEdit(x.span[random_positions(i, len(x.span), g)], lambda h, t=target: angle_projection(h, t))
+    edited = prefill_edited(adapter, s_in, 0, plan)
+    assert all(not torch.allclose(p.logprobs, b.logprobs, atol=1e-4) for p, b in zip(edited, base))
