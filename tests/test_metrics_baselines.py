@@ -16,7 +16,7 @@ from modgap.metrics.baselines import (
 )
 from modgap.metrics.dtw import aligned_pairs
 from modgap.metrics.geometry import token_similarity
-from modgap.metrics.paths import alignment_path
+from modgap.metrics.alignment import alignment_path
 
 
 def spans_of(lengths: list[int], ms: float = 40.0, gap: int = 0) -> torch.Tensor:

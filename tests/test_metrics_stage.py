@@ -18,7 +18,7 @@ from modgap.states.store import CondBatch, StoreWriter
 LAYERS, D, MS = [0, 1, 2, 3], 16, 40.0
 ROTATIONS = torch.linalg.qr(torch.randn(len(LAYERS), D, D, generator=torch.Generator().manual_seed(1)))[0]
 SECTION = validate_config({"datasets": {"lab": {"source": "lab"}},
-                           "metrics": {"dtw": {"base_layer": 1},
+                           "metrics": {"dtw": {"base_layer": 1}, "last_layer": "include",  # no post-norm state here
                                        "cka": {"stability": [{"base_layer": 2}, {"metric": "l2"}, {"band": 3}]}}}
                           )["metrics"]
 
@@ -38,8 +38,9 @@ def make_item(i: int, g: torch.Generator) -> dict:
             "spans": np.stack([np.r_[0.0, ends[:-1]], ends], axis=1), "correct": (i % 2, 1)}
 
 
-def write_store(path, items: list[dict]) -> str:
-    with StoreWriter(path, model="m", layers=LAYERS, d=D, n_options=2, dtype="float32", config_hash="h") as w:
+def write_store(path, items: list[dict], extra: dict | None = None) -> str:
+    with StoreWriter(path, model="m", layers=LAYERS, d=D, n_options=2, dtype="float32", config_hash="h",
+                     extra=extra) as w:
         for it in items:
             ts = it["hs"].shape[1]
             times = np.arange(ts) * MS
@@ -111,10 +112,11 @@ def test_cka_diagonal_and_readouts(one_shard):
     assert np.diag(m).min() > 0.98 and (m - np.diag(np.diag(m))).max() < 0.5
     r = readouts[(readouts["config"] == "base1-cos-bandnone") & (readouts["estimator"] == "biased")]
     assert r["best_text_layer"].tolist() == LAYERS and (r["band_width"] == 1).all()
-    assert set(summary["cka_stability_vs_default"]) == {f"{c}/{e}" for c in ["base2-cos-bandnone",
-                                                                            "base1-l2-bandnone", "base1-cos-band3"]
-                                                        for e in ["biased", "unbiased"]}
-    assert min(summary["cka_stability_vs_default"].values()) > 0.99
+    stability = summary["cka_stability_vs_default"]
+    assert set(stability) == {f"{c}/{e}" for c in ["base2-cos-bandnone", "base1-l2-bandnone", "base1-cos-band3",
+                                                   "truth-pairs"] for e in ["biased", "unbiased"]}
+    assert min(v["matrix_correlation"] for v in stability.values()) > 0.99
+    assert min(v["best_match_agreement"] for v in stability.values()) == 1.0
 
 
 def test_metadata_records_every_option(one_shard):
@@ -155,3 +157,46 @@ def test_base_layer_capped_and_unstored_layer_named():
     assert configs[0].base_layer == 3 and configs[0].base == 3
     with pytest.raises(ValueError, match="metrics.dtw.base_layer: layer 1 is not stored"):
         dtw_configs(MetricsOptions.from_config(SECTION), [0, 2, 4])
+
+
+def test_path_baselines_on_a_planted_alignment(one_shard, items):
+    """Speech = each text token repeated over its word: the learned paths beat the proportional one (lift > 0 on
+    average, never below 0 here since they are perfect), and the random path's mean hit rate is its expectation,
+    the mean fraction of the span each word covers."""
+    _, (_, table, _, _) = one_shard
+    first = table.groupby("id").first()
+    assert (table["gt_lift_argmax"] >= 0).all() and table["gt_lift_argmax"].mean() > 0.05
+    np.testing.assert_allclose(table["gt_lift_dtw"], table["gt_hit_dtw"] - table["gt_hit_proportional"])
+    for it in items[:5]:
+        reps = np.bincount(it["word_S"])
+        assert first.loc[it["id"], "gt_hit_random_expected"] == pytest.approx((reps / reps.sum()).mean())
+    assert first["gt_hit_random"].mean() == pytest.approx(first["gt_hit_random_expected"].mean(), abs=0.1)
+    assert table["gt_hit_dtw_mincost"].between(0, 1).all()
+    assert table.groupby("id")["gt_hit_proportional"].nunique().eq(1).all()  # reads no states: one value per item
+
+
+def test_cka_null_and_truth_pairing(one_shard):
+    """Shuffled items give CKA near 0 and the matched layers stand far above their null; true-word pairs are a
+    configuration of their own; the default readouts come with bootstrap agreement."""
+    _, (summary, table, cka, readouts) = one_shard
+    default = cka[(cka["config"] == "base1-cos-bandnone") & (cka["estimator"] == "biased")]
+    assert default["null_mean"].abs().max() < 0.25
+    diagonal = default[default["speech_layer"] == default["text_layer"]]
+    assert (diagonal["cka_z"] > 5).all()
+    np.testing.assert_allclose(default["cka_excess"], default["cka"] - default["null_mean"])
+    truth = cka[(cka["config"] == "truth-pairs") & (cka["estimator"] == "biased")]
+    assert len(truth) == len(default) and truth["metric"].eq("truth").all()
+    row = readouts[(readouts["config"] == "base1-cos-bandnone") & (readouts["estimator"] == "biased")]
+    assert row["best_agreement"].between(0, 1).all() and (row["n_boot"] == SECTION["cka"]["n_boot"]).all()
+    assert table["std_l2_truth"].notna().all()
+    stability = summary["cka_stability_vs_default"]["base2-cos-bandnone/biased"]
+    assert set(stability) == {"best_match_agreement", "band_jaccard", "matrix_correlation"}
+
+
+def test_post_norm_last_layer_is_excluded_by_default(tmp_path, items):
+    """A store that records the model's depth (4 blocks: layer 3 here is the post-norm state) loses that layer
+    from every metric under the default, and the metadata says so."""
+    store = write_store(tmp_path / "s.zarr", items[:6], extra={"n_layers": 3})
+    summary, table, cka, _ = run(tmp_path, items[:6], [store], options=SECTION | {"last_layer": "exclude"})
+    assert sorted(table["layer"].unique()) == [0, 1, 2] and cka["speech_layer"].max() == 2
+    assert summary["last_layer"].startswith("excluded")

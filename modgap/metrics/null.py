@@ -128,14 +128,18 @@ class CKAPermutationNull:
                 self._partners[p].append(b)
         self._previous, self._held = held, []
 
-    def result(self) -> NullResult:
-        """The null so far (pairs any held items first; they then count as a block)."""
+    def result(self, unbiased: bool | None = None) -> NullResult:
+        """The null so far (pairs any held items first; they then count as a block), under the constructor's
+        estimator or, from exact accumulators (which hold both), under `unbiased`."""
         if self.n_items < 2:
             raise ValueError(f"a permutation null needs at least 2 items, got {self.n_items}")
+        unbiased = self.unbiased if unbiased is None else unbiased
+        if unbiased != self.unbiased and not isinstance(self._accs[0], CKAAccumulator):
+            raise ValueError("a minibatch null holds one estimator only: build one null per estimator")
         if self._held:
             self._flush()
-        nulls = torch.stack([accumulator_result(a, self.unbiased).double() for a in self._accs])
-        matched = None if self._matched is None else accumulator_result(self._matched, self.unbiased).double()
+        nulls = torch.stack([accumulator_result(a, unbiased).double() for a in self._accs])
+        matched = None if self._matched is None else accumulator_result(self._matched, unbiased).double()
         return NullResult(nulls, matched, torch.tensor(self._partners))
 
 

@@ -17,11 +17,14 @@ class DTWOptions:
 
 @dataclass(frozen=True)
 class CKAOptions:
-    """Band-width threshold, estimator mode and memory cap, and the DTW overrides whose CKA is compared."""
+    """Band-width threshold, estimator mode and memory cap, permutations of the null, item resamples of the readout
+    bootstrap, and the DTW overrides whose CKA is compared."""
 
     tau: float
     mode: str
     max_bytes: int
+    n_perm: int
+    n_boot: int
     stability: tuple[dict, ...]
 
 
@@ -31,6 +34,8 @@ class MetricsOptions:
     include_layer0: bool
     truth: str
     batch_items: int
+    last_layer: str
+    seed: int
     dtw: DTWOptions
     pairs: str
     cka: CKAOptions

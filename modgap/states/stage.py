@@ -61,7 +61,7 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
     writer = StoreWriter(
         out_path, model=model_id, layers=layers, d=adapter.hidden_size,
         n_options=max(len(r.item.choices) for r in rows), dtype=options.dtype, bitround_bits=options.bitround_bits,
-        config_hash=config_hash, extra={"style": style, "norm": options.norm, "family": adapter.family},
+        config_hash=config_hash, extra={"style": style, "norm": options.norm, "family": adapter.family, "n_layers": adapter.n_layers},
         readouts=readout_registry.field_shapes(readouts, adapter),
     )
     times = {"S": lambda x: adapter.position_times_ms(len(x.span)), "T": lambda x: np.full((len(x.span), 2), -1.0)}
