@@ -47,7 +47,8 @@ def items_table(models=LAB, n_items=30, seed=0) -> pd.DataFrame:
                              "consistency": u[6], "norm_S": 5.0, "norm_T": 4.0, "gt_hit_argmax": u[7] * layer / 4,
                              "gt_miss_ms_argmax": 80 * u[0], "gt_hit_dtw": 0.5 + 0.1 * u[2],
                              "gt_miss_ms_dtw": 40 * u[1], "std_l2": u[3], "correct_S": correct[0],
-                             "correct_T": correct[1], "n_S": 60, "n_T": 12})
+                             "correct_T": correct[1], "n_S": 60, "n_T": 12,
+                             "gt_hit_proportional": 0.6 + 0.001 * i, "gt_hit_random_expected": 0.1 + 0.001 * i})
     return pd.DataFrame(rows)
 
 
@@ -92,10 +93,12 @@ def cka_tables(n_layers=5, seed=0) -> tuple[pd.DataFrame, pd.DataFrame]:
             s, t = np.meshgrid(range(n_layers), range(n_layers), indexing="ij")
             m = np.clip(np.exp(-0.3 * (s - t) ** 2) * (0.5 + 0.1 * s) + 0.05 * rng.uniform(size=s.shape), 0, 1)
             rows += [{"config": config, "base_layer": 2, "metric": "cos", "band": -1, "estimator": estimator,
-                      "speech_layer": a, "text_layer": b, "cka": m[a, b]} for a in range(n_layers)
-                     for b in range(n_layers)]
+                      "speech_layer": a, "text_layer": b, "cka": m[a, b], "cka_excess": m[a, b] - 0.1 * b}
+                     for a in range(n_layers) for b in range(n_layers)]
+            excess = m - 0.1 * t
             readouts += [{"config": config, "estimator": estimator, "speech_layer": a,
                           "best_text_layer": int(m[a].argmax()), "band_width": int((m[a] >= 0.95 * m[a].max()).sum()),
+                          "best_text_layer_excess": int(excess[a].argmax()), "best_agreement": 0.5 + 0.1 * a,
                           "tau": 0.95} for a in range(n_layers)]
     return pd.DataFrame(rows), pd.DataFrame(readouts)
 
@@ -265,7 +268,11 @@ def test_path_stats():
     stats = fig.axes[0]
     assert [c.get_label() for c in stats.containers] == ["Monotonicity (cos)", "Monotonicity (L2)", "Consistency"]
     assert all(len(c.lines[0].get_xdata()) == len(LAB) for c in stats.containers)
-    assert sum(len(ax.get_lines()) == len(LAB) for ax in fig.axes) == 2
+    assert sum(len(ax.get_lines()) == len(LAB) + 2 for ax in fig.axes) == 2  # + the two baselines
+    for ax in fig.axes[1:3]:  # the proportional and random paths' mean hit rates, as horizontal lines
+        (prop,) = gid_artists(ax, "gt_hit_proportional")
+        assert prop.get_ydata()[0] == pytest.approx(0.6 + 0.001 * 4.5)  # mean over the 10 items
+        assert len(gid_artists(ax, "gt_hit_random_expected")) == 1
 
 
 def test_cka_heatmap():
@@ -279,6 +286,10 @@ def test_cka_heatmap():
     np.testing.assert_array_equal(best.get_xdata(), rows["best_text_layer"])
     band_cells = sum(p.get_width() for p in gid_artists(ax, "band"))
     assert band_cells == rows["band_width"].sum()
+    null = fig.axes[1]  # panel b: CKA minus the null mean, with its own best matches
+    (best_excess,) = gid_artists(null, "best")
+    np.testing.assert_array_equal(best_excess.get_xdata(), rows["best_text_layer_excess"])
+    assert "50%–90%" in null.get_title(loc="left")
 
 
 def test_cka_small_multiples():

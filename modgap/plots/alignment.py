@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -88,6 +89,16 @@ def similarity_heatmap(sim: np.ndarray, argmax_path: np.ndarray, dtw_path: np.nd
     return fig
 
 
+BASELINES = {"gt_hit_proportional": ("Time-proportional path", "--"), "gt_hit_random_expected": ("Random path", ":")}
+
+
+def draw_baselines(ax: Axes, items: pd.DataFrame) -> None:
+    """The hit rates of the paths that read no states, as horizontal lines (item means)."""
+    for column, (label, linestyle) in BASELINES.items():
+        ax.axhline(items.groupby("id")[column].first().mean(), color="black", linestyle=linestyle, linewidth=1,
+                   label=label, gid=column)
+
+
 def path_stats(items: pd.DataFrame, first_layer: int = 1, n_boot: int = 1000, seed: int = 0,
                style: Mapping | None = None) -> Figure:
     """(a) Path monotonicity (cos, L2) and consistency per checkpoint: item means over layers >= `first_layer` with
@@ -95,7 +106,8 @@ def path_stats(items: pd.DataFrame, first_layer: int = 1, n_boot: int = 1000, se
     checkpoint with bootstrap bands.
 
     items: the concatenated metrics items tables, columns model, id, layer, mono_cos, mono_l2, consistency,
-    gt_hit_argmax, gt_hit_dtw, correct_S, correct_T.
+    gt_hit_argmax, gt_hit_dtw, correct_S, correct_T, and the baselines gt_hit_proportional, gt_hit_random_expected
+    (drawn as horizontal lines: they read no states, so they are the same at every layer and checkpoint).
     """
     means = item_means(items, PATH_STATS, first_layer)
     models = order_models(means["model"])
@@ -117,6 +129,7 @@ def path_stats(items: pd.DataFrame, first_layer: int = 1, n_boot: int = 1000, se
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
         for key, title in (("argmax", "b  Argmax path"), ("dtw", "c  DTW path")):
             draw_layer_curves(axes[key], items, f"gt_hit_{key}", styles, n_boot, seed)
+            draw_baselines(axes[key], items)
             axes[key].set_title(title, loc="left")
         axes["dtw"].sharey(axes["argmax"])
         figure_legend(fig, axes["argmax"].get_legend_handles_labels()[0], where="bottom")

@@ -23,14 +23,15 @@ def legend_handles() -> list:
             Patch(facecolor="none", edgecolor="black", label="Band: CKA ≥ τ · row max")]
 
 
-def cka_matrix(cka: pd.DataFrame, config: str, estimator: str) -> pd.DataFrame:
-    """The `[speech_layer, text_layer]` CKA matrix of one config and estimator.
+def cka_matrix(cka: pd.DataFrame, config: str, estimator: str, value: str = "cka") -> pd.DataFrame:
+    """The `[speech_layer, text_layer]` matrix of `value` ("cka", or "cka_excess": CKA minus its permutation
+    null's mean) of one config and estimator.
 
-    cka: columns config, estimator, speech_layer, text_layer, cka."""
+    cka: columns config, estimator, speech_layer, text_layer and `value`."""
     rows = cka[(cka["config"] == config) & (cka["estimator"] == estimator)]
     if rows.empty:
         raise KeyError(f"no CKA rows for config {config!r}, estimator {estimator!r}")
-    return rows.pivot(index="speech_layer", columns="text_layer", values="cka").sort_index().sort_index(axis=1)
+    return rows.pivot(index="speech_layer", columns="text_layer", values=value).sort_index().sort_index(axis=1)
 
 
 def band_runs(matrix: np.ndarray, tau: np.ndarray) -> list[tuple[int, int, int]]:
@@ -41,12 +42,14 @@ def band_runs(matrix: np.ndarray, tau: np.ndarray) -> list[tuple[int, int, int]]
             for s, e in zip(np.flatnonzero(edges[r] == 1), np.flatnonzero(edges[r] == -1))]
 
 
-def draw_cka(ax: Axes, cka: pd.DataFrame, readouts: pd.DataFrame, config: str, estimator: str) -> AxesImage:
+def draw_cka(ax: Axes, cka: pd.DataFrame, readouts: pd.DataFrame, config: str, estimator: str,
+             value: str = "cka") -> AxesImage:
     """One CKA matrix on `ax` (fixed 0-1 scale), the best-match text layer per speech layer as a star (gid "best")
-    and each row's band outlined in black (gid "band", one box per run of band cells).
+    and each row's band outlined in black (gid "band", one box per run of band cells); with `value` "cka_excess"
+    the null-corrected matrix and its own best matches.
 
-    cka: as `cka_matrix`; readouts: columns config, estimator, speech_layer, best_text_layer, tau."""
-    table = cka_matrix(cka, config, estimator)
+    cka: as `cka_matrix`; readouts: columns config, estimator, speech_layer, best_text_layer(_excess), tau."""
+    table = cka_matrix(cka, config, estimator, value)
     speech, text = table.index.to_numpy(), table.columns.to_numpy()
     image = ax.imshow(table.to_numpy(), origin="lower", vmin=0, vmax=1, cmap=SEQUENTIAL_CMAP,
                       interpolation="nearest", extent=(text[0] - 0.5, text[-1] + 0.5, speech[0] - 0.5,
@@ -57,7 +60,7 @@ def draw_cka(ax: Axes, cka: pd.DataFrame, readouts: pd.DataFrame, config: str, e
     for r, first, last in band_runs(table.to_numpy(), rows["tau"].to_numpy(float)):
         ax.add_patch(Rectangle((text[first] - 0.5, speech[r] - 0.5), last - first + 1, 1, facecolor="none",
                                edgecolor="black", linewidth=0.6 if small else 1.0, clip_on=False, gid="band"))
-    best = rows["best_text_layer"].dropna()
+    best = rows["best_text_layer_excess" if value == "cka_excess" else "best_text_layer"].dropna()
     ax.plot(best.to_numpy(), best.index.to_numpy(), linestyle="none", marker="*", markersize=5 if small else 8,
             markerfacecolor="white", markeredgecolor="black", markeredgewidth=0.5, clip_on=False, gid="best")
     ticks = max(1, math.ceil(len(text) / 9))
@@ -70,20 +73,27 @@ def draw_cka(ax: Axes, cka: pd.DataFrame, readouts: pd.DataFrame, config: str, e
 
 def cka_heatmap(cka: pd.DataFrame, readouts: pd.DataFrame, config: str, estimator: str = "biased",
                 style: Mapping | None = None) -> Figure:
-    """Speech layer x text layer linear CKA of one config and estimator (viridis, fixed 0-1), with the best-match
-    text layer per speech layer and the band (entries >= tau x row max) outlined.
+    """(a) Speech layer x text layer linear CKA of one config and estimator (viridis, fixed 0-1), with the best-match
+    text layer per speech layer and the band (entries >= tau x row max) outlined; (b) the same minus its null.
 
     cka: columns config, base_layer, metric, band, estimator, speech_layer, text_layer, cka.
-    readouts: columns config, estimator, speech_layer, best_text_layer, band_width, tau.
+    readouts: columns config, estimator, speech_layer, best_text_layer, best_text_layer_excess, band_width, tau,
+    and the bootstrap's best_agreement where it ran. Panel b shows CKA minus the mean of the permutation null
+    (speech items paired with other items' text), on the same scale.
     """
-    tau = readouts.loc[(readouts["config"] == config) & (readouts["estimator"] == estimator), "tau"]
+    rows = readouts[(readouts["config"] == config) & (readouts["estimator"] == estimator)]
+    tau = f" (τ = {rows['tau'].iloc[0]:g})" if len(rows) else ""
+    agreement = rows["best_agreement"].dropna() if "best_agreement" in rows else pd.Series(dtype=float)
     with styled(style):
-        fig = new_figure(SINGLE_COLUMN + 0.6, SINGLE_COLUMN + 0.4)
-        ax = fig.subplots()
-        image = draw_cka(ax, cka, readouts, config, estimator)
-        ax.set_title(f"{config}, {estimator} (τ = {tau.iloc[0]:g})" if len(tau) else f"{config}, {estimator}",
-                     loc="left")
-        fig.colorbar(image, ax=ax, label="Linear CKA", shrink=0.85)
+        fig = new_figure(DOUBLE_COLUMN, SINGLE_COLUMN + 0.5)
+        axes = fig.subplots(1, 2)
+        image = draw_cka(axes[0], cka, readouts, config, estimator)
+        axes[0].set_title(f"a  {config}, {estimator}{tau}", loc="left")
+        draw_cka(axes[1], cka, readouts, config, estimator, "cka_excess")
+        boot = (f"; best match kept in {agreement.min():.0%}–{agreement.max():.0%} of item resamples"
+                if len(agreement) else "")
+        axes[1].set_title(f"b  minus the permutation null{boot}", loc="left", fontsize="small")
+        fig.colorbar(image, ax=axes.tolist(), label="Linear CKA", shrink=0.85)
         figure_legend(fig, legend_handles(), where="top")
     return fig
 
