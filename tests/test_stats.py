@@ -48,7 +48,7 @@ def items() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def table(items) -> pd.DataFrame:
-    return stats.checkpoint_table(items, ["cos", "l2"], n_boot=40, seed=1).set_index(["group", "x"])
+    return stats.checkpoint_table(items, ["cos", "l2"], n_boot=40, seed=1, pooled=True).set_index(["group", "x"])
 
 
 def test_points_average_layers_1_to_L_by_default(items):
@@ -88,7 +88,7 @@ def test_fit_on_two_points_is_nan_with_a_note_and_empty_raises(items):
         stats.checkpoint_fit(points, "nope")
 
 
-def test_table_fits_every_group_and_all(items, table):
+def test_table_fits_every_group_and_all_when_pooled(items, table):
     assert set(table.index) == {(g, m) for g in ("frozen", "full", "all") for m in ("cos", "l2")}
     assert (table["n_items"] == N_ITEMS).all()
     assert table["n_checkpoints"].to_dict() == {("frozen", "cos"): 4, ("frozen", "l2"): 4, ("full", "cos"): 2,
@@ -101,7 +101,9 @@ def test_table_fits_every_group_and_all(items, table):
     full = table.loc[("full", "cos")]
     assert "at least 3" in full["note"] and math.isnan(full["slope"]) and math.isnan(full["slope_lo"])
     assert math.isnan(full["perm_p"])
-    assert table.attrs["include_layer0"] is False
+    assert table.attrs["include_layer0"] is False and table.attrs["pooled"] is True
+    unpooled = stats.checkpoint_table(items, ["cos"], n_boot=0)
+    assert list(unpooled["group"]) == ["frozen", "full"]  # P1 fitted each strategy on its own
 
 
 def test_permutation_p_is_exact_two_sided(table):
@@ -117,7 +119,8 @@ def test_bootstrap_cis_cover_the_truth_and_follow_the_seed(items, table):
         assert 0 < row["r2_lo"] <= row["r2_hi"] <= 1.0 and row["pearson_r_lo"] <= row["pearson_r_hi"] < 0
         assert row["spearman_rho_hi"] < 0
     ci = ["slope_lo", "slope_hi", "r2_lo", "r2_hi", "spearman_rho_lo"]
-    first, again, other = (stats.checkpoint_table(items, ["cos"], n_boot=20, seed=s)[ci] for s in (1, 1, 2))
+    first, again, other = (stats.checkpoint_table(items, ["cos"], n_boot=20, seed=s, pooled=True)[ci]
+                           for s in (1, 1, 2))
     pd.testing.assert_frame_equal(first, again)
     assert not np.allclose(first.iloc[[0, 2]], other.iloc[[0, 2]])
 
@@ -179,7 +182,7 @@ def test_item_logistic_reports_separation_in_a_note():
     fit = stats.item_logistic(data, "cos").iloc[0]
     assert fit["note"] and math.isnan(fit["coef"]) and math.isnan(fit["ci_lo"]) and fit["n_items"] == 400
     constant = stats.item_logistic(data.assign(correct_S=1), "cos").iloc[0]
-    assert "PerfectSeparation" in constant["note"] and math.isnan(constant["p"])
+    assert "constant correct_S" in constant["note"] and math.isnan(constant["p"])
 
 
 def test_subject_tables(items):
@@ -227,6 +230,7 @@ def test_headline_and_markdown(table):
     cos = head["groups"]["all"]["cos"]
     assert cos["r2"] == pytest.approx(1.0) and cos["n_items"] == N_ITEMS and cos["n_checkpoints"] == 6
     assert len(cos["slope_ci"]) == 2 and head["groups"]["full"]["cos"]["r2"] is None
+    assert cos["perm_floor"] == pytest.approx(2 / 720) and cos["r2_ci_source"] == "checkpoints"
     assert head["settings"]["n_boot"] == 40
     with pytest.raises(ValueError, match="aps_l2"):
         stats.headline(flat, ["aps_l2"])

@@ -174,8 +174,8 @@ def test_headline_follows_the_fits():
 # --- P1's decomposition -------------------------------------------------------------------------------------------
 
 def constructed_points() -> pd.DataFrame:
-    return pd.DataFrame({"model": ["lab-full@step100", "lab-full@step200", "other"], "strategy": ["full", "full", "other"],
-                         "step": [100, 200, np.nan], "n_items": 200, "text_acc": [90.0, 92.5, 80.0],
+    return pd.DataFrame({"model": ["lab-full@step100", "lab-full@step200", "other"],
+                         "strategy": ["full", "full", "other"], "step": [100, 200, np.nan], "n_items": 200, "text_acc": [90.0, 92.5, 80.0],
                          "speech_acc": [30.0, 42.5, 70.0], "gap": [60.0, 50.0, 10.0], "cos": 0.5})
 
 

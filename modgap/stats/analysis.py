@@ -1,6 +1,12 @@
 """Statistics of the modality gap (METHODS.md, "P1: correlation with the gap"): P1's one-point-per-checkpoint
 regression of GAP on a layer-averaged alignment score, with item-bootstrap CIs and permutation p-values, plus
-modgap's per-item, per-layer and per-subject tests with Benjamini-Hochberg FDR.
+modgap's per-item, per-layer and per-subject tests with Benjamini-Hochberg FDR, and P1's decomposition of each
+checkpoint's accuracies into text loss and modality gap.
+
+Right units (METHODS.md, "Controls: Statistics"): the same items recur in every checkpoint, so item-level models
+cluster by item; checkpoint-level fits run per training strategy (P1 never pooled strategies; pooling is an option);
+each permutation p comes with its floor (the least p its test can give with n points); R² intervals resample the
+checkpoints where there are at least MIN_BOOT_POINTS of them, else they are the item bootstrap's, item noise only.
 
 Input `items`, the metrics stage's long table, one row per (checkpoint, item, layer): model, strategy, step, id,
 subject, layer (0 = input embeddings), one float column per metric (cos, l2, aps_cos, ...: functions take the
@@ -31,7 +37,13 @@ CHECKPOINT_KEYS = ["model", "strategy", "step"]
 FIT_FIELDS = ("slope", "intercept", "r2", "pearson_r", "pearson_p", "spearman_rho", "spearman_p")
 BOOT_FIELDS = ("slope", "r2", "pearson_r", "spearman_rho")
 MIN_POINTS = 3  # with 2 points any line fits exactly (R² = 1): no fit or correlation below this
+MIN_BOOT_POINTS = 5  # under 5 checkpoints a bootstrap over them draws from a handful of distinct resamples
 POOLED = "pooled"  # the group of item tests pooled over checkpoints (by=None)
+R2_FROM_CHECKPOINTS = "checkpoints"  # r2_ci_source: a bootstrap over the fit's points
+ITEM_NOISE_ONLY = "items (item noise only)"  # r2_ci_source: the item bootstrap, which holds the checkpoints fixed
+CLUSTER_KEYS = {"item": ["id"], "checkpoint+item": ["model", "id"], "none": []}  # cluster unit -> item-table columns
+LOGIT_FIELDS = ("coef", "se", "ci_lo", "ci_hi", "p")
+BASE_TEXT = "base_text_acc"  # the lab accuracy table's column: the base LM's text accuracy (fraction)
 
 
 def _names(metrics: Sequence[str] | str) -> list[str]:
@@ -202,6 +214,44 @@ def permutation_p(x: np.ndarray, y: np.ndarray, n_perm: int = 9999, seed: int = 
                                         rng=np.random.default_rng(seed)).pvalue)
 
 
+def permutation_floor(n: int, n_perm: int = 9999) -> float:
+    """The smallest p permutation_p can return over n points, capped at 1; NaN under 2 points. scipy's two-sided p
+    is 2 min(p_less, p_greater), each side counting the observed pairing: exact enumeration (n! <= n_perm) gives
+    2 / n!, n_perm random permutations give 2 / (n_perm + 1)."""
+    if n < 2:
+        return math.nan
+    total = math.factorial(n)
+    return min(1.0, 2 / total if total <= n_perm else 2 / (n_perm + 1))
+
+
+def _r2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Squared Pearson r along the last axis; NaN where a side is constant."""
+    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    den = (xc * xc).sum(-1) * (yc * yc).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (xc * yc).sum(-1) ** 2 / np.where(den > 0, den, 1), np.nan)
+
+
+def r2_interval(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, confidence: float,
+                item_interval: tuple[float, float]) -> dict[str, Any]:
+    """The interval of R² of y on x (one point per checkpoint): with at least MIN_BOOT_POINTS finite points, a
+    percentile bootstrap over them (`n_boot` resamples `default_rng(seed).integers(0, n, (n_boot, n))`, those
+    with a constant side dropped), source "checkpoints"; with fewer, `item_interval` (the bootstrap over items,
+    which holds the checkpoints fixed), source "items (item noise only)". Returns r2_ci_lo, r2_ci_hi, r2_ci_source.
+    """
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < MIN_BOOT_POINTS:
+        return {"r2_ci_lo": item_interval[0], "r2_ci_hi": item_interval[1], "r2_ci_source": ITEM_NOISE_ONLY}
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    boot = _r2(x[idx], y[idx])
+    boot = boot[np.isfinite(boot)]
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(boot, [tail, 100 - tail]) if len(boot) else (math.nan, math.nan)
+    return {"r2_ci_lo": float(lo), "r2_ci_hi": float(hi), "r2_ci_source": R2_FROM_CHECKPOINTS}
+
+
 def _group_fits(scores: pd.DataFrame, metrics: list[str], n_boot: int, seed: int, n_perm: int,
                 confidence: float) -> list[dict[str, Any]]:
     """checkpoint_table's rows for one group of checkpoints, one per metric."""
@@ -213,30 +263,35 @@ def _group_fits(scores: pd.DataFrame, metrics: list[str], n_boot: int, seed: int
         fit = _fit(points[m], points["gap"])
         ok = np.isfinite(points[m]) & np.isfinite(points["gap"])
         perm = math.nan if fit["note"] else permutation_p(points[m][ok], points["gap"][ok], n_perm, seed)
-        rows.append({"x": m, "y": "gap", "n_items": scores["id"].nunique()} | fit | cis[m] | {"perm_p": perm})
+        interval = r2_interval(points[m], points["gap"], n_boot, seed, confidence, (cis[m]["r2_lo"], cis[m]["r2_hi"]))
+        rows.append({"x": m, "y": "gap", "n_items": scores["id"].nunique()} | fit | cis[m] | interval
+                    | {"perm_p": perm, "perm_floor": permutation_floor(fit["n_checkpoints"], n_perm)})
     return rows
 
 
 def checkpoint_table(items: pd.DataFrame, metrics: Sequence[str], by: str = "strategy", n_boot: int = 1000,
-                     seed: int = 0, n_perm: int = 9999, confidence: float = 0.95,
-                     include_layer0: bool = False) -> pd.DataFrame:
-    """P1's regression of GAP on each metric's layer-averaged score, per group of `by` and for all checkpoints.
+                     seed: int = 0, n_perm: int = 9999, confidence: float = 0.95, include_layer0: bool = False,
+                     pooled: bool = False) -> pd.DataFrame:
+    """P1's regression of GAP on each metric's layer-averaged score, per group of `by` (P1 fitted each training
+    strategy on its own), and over all checkpoints together only when `pooled`.
 
-    Columns: group (a value of `by`, or "all"), x, y, n_items, the fit fields (slope, intercept, r2, pearson_r,
-    pearson_p, spearman_rho, spearman_p), n_checkpoints, note, {slope,r2,pearson_r,spearman_rho}_{lo,hi}
-    (percentile bootstrap CIs over item ids, `n_boot` resamples, seeded) and perm_p (permutation_p). The
-    settings are in `.attrs`.
+    Columns: group (a value of `by`, or "all" when pooled), x, y, n_items, the fit fields (slope, intercept, r2,
+    pearson_r, pearson_p, spearman_rho, spearman_p), n_checkpoints, note, {slope,r2,pearson_r,spearman_rho}_{lo,hi}
+    (percentile bootstrap CIs over item ids, `n_boot` resamples, seeded: item noise with the checkpoints fixed),
+    r2_ci_lo, r2_ci_hi, r2_ci_source (r2_interval: over checkpoints when there are enough), perm_p
+    (permutation_p) and perm_floor (permutation_floor of the group's n_checkpoints). The settings are in `.attrs`.
     """
     metrics = _names(metrics)
     if by not in CHECKPOINT_KEYS:
         raise ValueError(f"by={by!r} is not a checkpoint-level column {CHECKPOINT_KEYS}")
     scores = item_scores(items, metrics, include_layer0)
-    groups = [(str(name), group) for name, group in scores.groupby(by, sort=True)] + [(ALL, scores)]
+    groups = [(str(name), group) for name, group in scores.groupby(by, sort=True)] + ([(ALL, scores)] if pooled else [])
     table = pd.DataFrame([{"group": name} | row for name, group in groups
                           for row in _group_fits(group, metrics, n_boot, seed, n_perm, confidence)])
-    table.attrs = {"by": by, "include_layer0": include_layer0, "n_boot": n_boot, "seed": seed, "n_perm": n_perm,
-                   "confidence": confidence, "ci": "percentile bootstrap over item ids",
-                   "perm": "two-sided, Pearson r, gap permuted across checkpoints"}
+    table.attrs = {"by": by, "pooled": pooled, "include_layer0": include_layer0, "n_boot": n_boot, "seed": seed,
+                   "n_perm": n_perm, "confidence": confidence, "ci": "percentile bootstrap over item ids",
+                   "r2_ci": f"percentile bootstrap over checkpoints with >= {MIN_BOOT_POINTS}, else over item ids",
+                   "perm": "two-sided, Pearson r, gap permuted across checkpoints; perm_floor: least p attainable"}
     return table
 
 
@@ -279,29 +334,6 @@ def item_layer_tests(items: pd.DataFrame, metrics: Sequence[str], by: str | None
     return _item_tests(data, ["group", "layer"], metrics, family=["group"])
 
 
-def _logit(rows: pd.DataFrame) -> dict[str, Any]:
-    """Logit correct_S ~ z + C(layer) with SEs clustered by (checkpoint, item): z's coef, se, 95% CI, p and a note;
-    NaN fields with the reason in `note` on (quasi-)perfect separation, non-convergence or a singular fit (other
-    warnings, such as exp overflow on the way to separation, are absorbed)."""
-    nan = dict.fromkeys(("coef", "se", "ci_lo", "ci_hi", "p"), math.nan)
-    if rows.empty:
-        return nan | {"note": "metric is missing or constant within every layer"}
-    clusters = rows.groupby(ITEM_KEYS).ngroup().to_numpy()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit = smf.logit("correct_S ~ z + C(layer)", rows).fit(disp=0, cov_type="cluster",
-                                                                  cov_kwds={"groups": clusters})
-    except (PerfectSeparationError, np.linalg.LinAlgError) as e:
-        return nan | {"note": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-    problems = {f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught
-                if issubclass(w.category, PerfectSeparationWarning | ConvergenceWarning)}
-    if problems:
-        return nan | {"note": "; ".join(sorted(problems, reverse=True))}
-    lo, hi = fit.conf_int().loc["z"]
-    return {"coef": fit.params["z"], "se": fit.bse["z"], "ci_lo": lo, "ci_hi": hi, "p": fit.pvalues["z"], "note": ""}
-
-
 def _zscore(values: pd.Series) -> pd.Series:
     """`values` standardised (NaN skipped); all NaN when constant."""
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
@@ -309,20 +341,71 @@ def _zscore(values: pd.Series) -> pd.Series:
         return pd.Series(stats.zscore(values.to_numpy(dtype=float), nan_policy="omit"), index=values.index)
 
 
-def item_logistic(items: pd.DataFrame, metric: str, by: str | None = None,
-                  include_layer0: bool = False) -> pd.DataFrame:
-    """Logistic regression `correct_S ~ z(metric) + C(layer)` on (checkpoint, item, layer) rows, per group (by=None:
-    all checkpoints pooled; by="model": per checkpoint). z standardises the metric within each layer (so its
-    coefficient is log-odds per within-layer SD, and is not confounded with the layer effects). correct_S repeats
-    over the layers of an item, so SEs are clustered by (checkpoint, item), not treated as independent rows.
+def clustered_logit(rows: pd.DataFrame, metric: str, outcome: str = "correct_S", cluster: str = "item",
+                    effects: Sequence[str] = (), within: str | None = None,
+                    confidence: float = 0.95) -> dict[str, Any]:
+    """Logistic regression `outcome ~ z [+ C(within)] [+ C(effect) ...]` with cluster-robust SEs.
 
-    Columns: group, metric, n_obs, n_items, n_checkpoints, coef, se, ci_lo, ci_hi (95%), p, note.
+    z standardises `metric` within each level of `within` (e.g. layer; None: over all rows), so its coefficient is
+    log-odds per SD and is not confounded with the `within` effects; rows without an outcome or a z (missing metric,
+    constant within its level) are dropped. `cluster` is the unit whose outcomes may correlate (CLUSTER_KEYS):
+    "item" (the same items recur in every checkpoint, and an item's outcome repeats over its layers),
+    "checkpoint+item" (ignores that recurrence) or "none" (model-based SEs, for comparison).
+
+    Returns coef, se, ci_lo, ci_hi (Wald, at `confidence`), p of z, n_obs, n_items, n_checkpoints, cluster_unit,
+    n_clusters, fixed_effects (e.g. "layer+model+subject", or "none") and note: NaN fields with the reason in note
+    on too few rows, a constant outcome, (quasi-)separation, non-convergence or a singular fit (other warnings,
+    such as exp overflow on the way to separation, are absorbed).
+    """
+    if cluster not in CLUSTER_KEYS:
+        raise ValueError(f"cluster={cluster!r} is not one of {list(CLUSTER_KEYS)}")
+    keys, terms = CLUSTER_KEYS[cluster], [c for c in (within, *effects) if c is not None]
+    if missing := [c for c in dict.fromkeys([outcome, metric, "id", "model", *keys, *terms]) if c not in rows]:
+        raise ValueError(f"rows lack column(s) {missing}")
+    z = rows.groupby(within)[metric].transform(_zscore) if within else _zscore(rows[metric])
+    rows = rows.assign(z=z).dropna(subset=["z", outcome]).reset_index(drop=True)
+    groups = rows.groupby(keys, sort=False).ngroup().to_numpy() if keys else None
+    out = _counts(rows) | {"cluster_unit": cluster, "n_clusters": len(rows) if groups is None else len(set(groups)),
+                           "fixed_effects": "+".join(terms) or "none"}
+    nan = dict.fromkeys(LOGIT_FIELDS, math.nan) | out
+    if len(rows) < MIN_POINTS or rows[outcome].nunique() < 2:
+        return nan | {"note": f"{len(rows)} row(s) with a defined z, or a constant {outcome}: no fit"}
+    formula = f"{outcome} ~ z" + "".join(f" + C({c})" for c in terms)
+    kwargs = {} if groups is None else {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = smf.logit(formula, rows).fit(disp=0, maxiter=200, **kwargs)
+    except (PerfectSeparationError, np.linalg.LinAlgError) as e:
+        return nan | {"note": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+    problems = {f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught
+                if issubclass(w.category, PerfectSeparationWarning | ConvergenceWarning)}
+    if problems:
+        return nan | {"note": "; ".join(sorted(problems, reverse=True))}
+    lo, hi = fit.conf_int(alpha=1 - confidence).loc["z"]
+    return {"coef": float(fit.params["z"]), "se": float(fit.bse["z"]), "ci_lo": float(lo), "ci_hi": float(hi),
+            "p": float(fit.pvalues["z"])} | out | {"note": ""}
+
+
+def item_logistic(items: pd.DataFrame, metric: str, by: str | None = None, include_layer0: bool = False,
+                  cluster: str = "item", checkpoint_effects: bool = True,
+                  subject_effects: bool = True) -> pd.DataFrame:
+    """clustered_logit `correct_S ~ z(metric) + C(layer) [+ C(model)] [+ C(subject)]` on (checkpoint, item, layer)
+    rows, per group (by=None: all checkpoints pooled; by="model": per checkpoint). z standardises the metric within
+    each layer. SEs are clustered by `cluster`, by default the item: the same items recur in every checkpoint and
+    correct_S repeats over an item's layers, so neither rows nor (checkpoint, item) pairs are independent.
+    Checkpoint fixed effects absorb differences in skill between checkpoints, subject fixed effects differences in
+    difficulty between subjects.
+
+    Columns: group, metric, coef, se, ci_lo, ci_hi (95%), p, n_obs, n_items, n_checkpoints, cluster_unit,
+    n_clusters, fixed_effects, note.
     """
     _validate(items, [metric])
     data = _grouped(_layers(items, include_layer0), by)
-    data = data.assign(z=data.groupby(["group", "layer"])[metric].transform(_zscore))
-    return pd.DataFrame([{"group": g, "metric": metric} | _counts(rows) | _logit(rows)
-                         for g, group in data.groupby("group", sort=True) for rows in [group.dropna(subset=["z"])]])
+    effects = [c for c, on in (("model", checkpoint_effects), ("subject", subject_effects)) if on]
+    return pd.DataFrame([{"group": g, "metric": metric} | clustered_logit(rows, metric, cluster=cluster,
+                                                                          effects=effects, within="layer")
+                         for g, rows in data.groupby("group", sort=True)])
 
 
 # ---- per subject ---------------------------------------------------------------------------------------------
@@ -363,6 +446,36 @@ def within_subject_tests(items: pd.DataFrame, metrics: Sequence[str], include_la
     return _item_tests(item_scores(items, metrics, include_layer0), ["subject"], metrics, family=["metric"])
 
 
+# ---- P1's decomposition -------------------------------------------------------------------------------------
+
+def decomposition(points: pd.DataFrame, lab: pd.DataFrame | None) -> pd.DataFrame:
+    """P1's decomposition of each checkpoint's accuracies, in points: the base LM's text accuracy, the speech LM's
+    text and speech accuracy, text_loss = base_text_acc - text_acc (what alignment training cost the LM in text)
+    and gap = text_acc - speech_acc (the modality gap).
+
+    points: checkpoint_points' table (text_acc, speech_acc on the analysed items). lab: the lab stage's accuracy
+    table (columns checkpoint and, when the lab stage wrote it, base_text_acc: a fraction, the base LM on the lab
+    test split), or None when no model is a lab checkpoint. Where the base accuracy is unknown, base_text_acc and
+    text_loss are NaN and `note` says why.
+
+    Columns: model, strategy, step, n_items, base_text_acc, text_acc, speech_acc, text_loss, gap, note.
+    """
+    base = pd.Series(math.nan, index=points.index)
+    if lab is None:
+        note = "no lab accuracy table: no model is a lab checkpoint"
+    elif BASE_TEXT not in lab:
+        note = f"the lab accuracy table has no {BASE_TEXT} column"
+    else:
+        if (lab[BASE_TEXT] > 1).any():
+            raise ValueError(f"lab accuracy table: {BASE_TEXT} must be a fraction, found {lab[BASE_TEXT].max()}")
+        base = points["model"].map(lab.set_index("checkpoint")[BASE_TEXT]) * 100
+        note = np.where(base.isna(), f"no {BASE_TEXT} for this model in the lab accuracy table", "")
+    out = points[["model", "strategy", "step", "n_items"]].assign(base_text_acc=base.to_numpy(float))
+    out[["text_acc", "speech_acc"]] = points[["text_acc", "speech_acc"]]
+    return out.assign(text_loss=out["base_text_acc"] - out["text_acc"], gap=out["text_acc"] - out["speech_acc"],
+                      note=note)
+
+
 # ---- output --------------------------------------------------------------------------------------------------
 
 def _plain(value: Any) -> Any:
@@ -374,8 +487,10 @@ def _plain(value: Any) -> Any:
 
 def headline(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> dict[str, Any]:
     """checkpoint_table's headline numbers, ready for JSON: {"settings": table.attrs, "groups": {group: {metric:
-    {r2, r2_ci, slope, slope_ci, pearson_r, pearson_r_ci, spearman_rho, spearman_rho_ci, perm_p, n_items,
-    n_checkpoints, note}}}}, NaN as None. `metrics`: the x metrics to report, default every one in the table."""
+    {r2, r2_ci (over checkpoints when there are enough), r2_ci_source, r2_item_ci, slope, slope_ci, pearson_r,
+    pearson_r_ci, spearman_rho, spearman_rho_ci (*_ci: the item bootstrap), perm_p, perm_floor, n_items,
+    n_checkpoints, note}}}}, NaN as None. A group "all" appears only
+    when the table was pooled. `metrics`: the x metrics to report, default every one in the table."""
     metrics = list(table["x"].unique()) if metrics is None else list(metrics)
     missing = [m for m in metrics if m not in set(table["x"])]
     if missing:
@@ -383,8 +498,10 @@ def headline(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> dict[
     groups: dict[str, dict[str, Any]] = {}
     for row in table[table["x"].isin(metrics)].to_dict("records"):
         entry = {f: row[f] for f in ("r2", "slope", "pearson_r", "spearman_rho")}
-        entry |= {f"{f}_ci": [row[f"{f}_lo"], row[f"{f}_hi"]] for f in BOOT_FIELDS}
-        entry |= {f: row[f] for f in ("perm_p", "n_items", "n_checkpoints", "note")}
+        entry |= {f"{f}_ci": [row[f"{f}_lo"], row[f"{f}_hi"]] for f in BOOT_FIELDS if f != "r2"}
+        entry |= {"r2_ci": [row["r2_ci_lo"], row["r2_ci_hi"]], "r2_ci_source": row["r2_ci_source"],
+                  "r2_item_ci": [row["r2_lo"], row["r2_hi"]]}
+        entry |= {f: row[f] for f in ("perm_p", "perm_floor", "n_items", "n_checkpoints", "note")}
         groups.setdefault(row["group"], {})[row["x"]] = {
             k: [_plain(v) for v in val] if isinstance(val, list) else _plain(val) for k, val in entry.items()}
     return {"settings": {k: _plain(v) for k, v in table.attrs.items()}, "groups": groups}

@@ -9,13 +9,18 @@ from modgap.options import build
 @dataclass(frozen=True)
 class StatsOptions:
     """Layer-averaged metrics of the per-checkpoint fits, metrics of the per-item and per-subject tests, bootstrap
-    resamples over items, permutations, and the seed of both."""
+    resamples, permutations and the seed of both; the cluster unit and fixed effects of the item-level logistic
+    models, and whether checkpoint-level fits also pool the training strategies."""
 
     metrics: tuple[str, ...]
     item_metrics: tuple[str, ...]
     n_boot: int
     n_perm: int
     seed: int
+    cluster: str
+    checkpoint_effects: bool
+    subject_effects: bool
+    pool_strategies: bool
 
     @classmethod
     def from_config(cls, section: dict) -> StatsOptions:

@@ -1,5 +1,6 @@
-"""Stats stage driver: gather every checkpoint's metrics table of one (dataset, voice), run `modgap.stats.analysis`, and
-write CSV tables, one Markdown file with all of them, and a JSON of the headline numbers."""
+"""Stats stage driver: gather every checkpoint's metrics table of one (dataset, voice) (and the lab stage's accuracy
+table when there are lab checkpoints), run `modgap.stats.analysis`, and write CSV tables, one Markdown file with all
+of them, and a JSON of the headline numbers."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,8 @@ from modgap.atomic import write_csv, write_text
 from modgap.checkpoints import parse_model
 
 log = logging.getLogger("modgap")
+
+
 def gather(tables: dict[str, str | Path]) -> pd.DataFrame:
     """Every model's metrics items table (one row per item and layer) with model, strategy and step columns."""
     frames = []
@@ -30,18 +33,22 @@ def gather(tables: dict[str, str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def stat_tables(items: pd.DataFrame, options: StatsOptions, include_layer0: bool) -> dict[str, pd.DataFrame]:
-    """Every table of the stage, by name; each carries n_items (and n_checkpoints where rows pool checkpoints)."""
+def stat_tables(items: pd.DataFrame, options: StatsOptions, include_layer0: bool,
+                lab: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of the stage, by name; each carries n_items (and n_checkpoints where rows pool checkpoints).
+    lab: the lab stage's accuracy table (the base LM's text accuracy), None when no model is a lab checkpoint."""
     x, per_item = list(options.metrics), list(options.item_metrics)
+    points = stats.checkpoint_points(items, x, include_layer0).sort_values(["strategy", "step"], ignore_index=True)
+    logit = {"include_layer0": include_layer0, "cluster": options.cluster,
+             "checkpoint_effects": options.checkpoint_effects, "subject_effects": options.subject_effects}
     return {
-        "points": stats.checkpoint_points(items, x, include_layer0).sort_values(["strategy", "step"],
-                                                                                ignore_index=True),
+        "points": points,
         "fits": stats.checkpoint_table(items, x, "strategy", options.n_boot, options.seed, options.n_perm,
-                                       include_layer0=include_layer0),
+                                       include_layer0=include_layer0, pooled=options.pool_strategies),
+        "decomposition": stats.decomposition(points, lab),
         "item_layer": stats.item_layer_tests(items, per_item),
         "item_layer_by_model": stats.item_layer_tests(items, per_item, by="model"),
-        "logistic": pd.concat([stats.item_logistic(items, m, include_layer0=include_layer0) for m in per_item],
-                              ignore_index=True),
+        "logistic": pd.concat([stats.item_logistic(items, m, **logit) for m in per_item], ignore_index=True),
         "subjects": stats.subject_tests(items, per_item, include_layer0),
         "within_subject": stats.within_subject_tests(items, per_item, include_layer0),
     }
@@ -49,25 +56,46 @@ def stat_tables(items: pd.DataFrame, options: StatsOptions, include_layer0: bool
 
 TITLES = {
     "points": "One point per checkpoint (P1 design): accuracies, GAP (points) and layer-averaged metrics",
-    "fits": "GAP ~ layer-averaged metric per training strategy: linear fit, bootstrap CIs over items, permutation p",
+    "fits": "GAP ~ layer-averaged metric per training strategy{pooled}: linear fit, *_lo/*_hi bootstrap CIs over "
+            "items, R² interval over checkpoints where n >= {min_boot} (r2_ci_source), permutation p with its floor "
+            "(the least p attainable with n checkpoints)",
+    "decomposition": "P1's decomposition per checkpoint (points): base LM text accuracy, text and speech accuracy, "
+                     "text_loss = base - text, gap = text - speech",
     "item_layer": "Per item and layer, pooled over checkpoints: metric vs correct_S (point-biserial) and vs item gap",
     "item_layer_by_model": "Per item and layer, per checkpoint",
-    "logistic": "Logistic regression correct_S ~ z(metric) + C(layer), SEs clustered by (checkpoint, item)",
+    "logistic": "Logistic regression correct_S ~ z(metric) + C(layer){effects}, SEs clustered by {cluster}",
     "subjects": "Per subject and checkpoint: subject-level metric vs subject gap and speech accuracy",
     "within_subject": "Within each subject: metric vs correct_S and item gap",
 }
 
 
+def titles(options: StatsOptions) -> dict[str, str]:
+    """TITLES with the settings they name: pooling of the fits, fixed effects and cluster unit of the logits."""
+    effects = [name for name, on in (("checkpoint", options.checkpoint_effects), ("subject", options.subject_effects))
+               if on]
+    settings = {"pooled": " and pooled" if options.pool_strategies else "", "min_boot": stats.MIN_BOOT_POINTS,
+                "effects": "".join(f" + C({e})" for e in effects), "cluster": options.cluster}
+    return {name: title.format_map(settings) for name, title in TITLES.items()}
+
+
+def float_formats(table: pd.DataFrame) -> list[str]:
+    """Per column of `table`, the Markdown number format: 3 significant digits for p-values, q-values and permutation
+    floors (fixed decimals would print a floor of 2/8! or any small p as 0.000), 3 decimals otherwise."""
+    return [".3g" if c in ("p", "perm_floor") or c.endswith(("_p", "_q")) else ".3f" for c in table]
+
+
 def run_stats(tables: dict[str, str | Path], options: StatsOptions, include_layer0: bool,
-              out: dict[str, str | Path]) -> dict:
+              out: dict[str, str | Path], lab_accuracy: str | Path | None = None) -> dict:
     """Write `out[name]` (CSV) for every table of `TITLES`, `out["markdown"]` and `out["headline"]` (JSON): the
-    paths the rule declares."""
+    paths the rule declares. lab_accuracy: the lab stage's accuracy.csv, given when some model is a lab
+    checkpoint."""
     items = gather(tables)
-    results = stat_tables(items, options, include_layer0)
+    lab = None if lab_accuracy is None else pd.read_csv(lab_accuracy)
+    results = stat_tables(items, options, include_layer0, lab)
     markdown = [f"# Gap statistics: {items['model'].nunique()} checkpoints, {items['id'].nunique()} items\n"]
-    for name, table in results.items():
-        write_csv(table, out[name])
-        markdown.append(f"## {TITLES[name]}\n\n{to_markdown(table)}\n")
+    for name, title in titles(options).items():
+        write_csv(results[name], out[name])
+        markdown.append(f"## {title}\n\n{to_markdown(results[name], float_formats(results[name]))}\n")
     write_text("\n".join(markdown), out["markdown"])
     head = stats.headline(results["fits"]) | {"n_items": int(items["id"].nunique()),
                                               "n_checkpoints": int(items["model"].nunique()),
