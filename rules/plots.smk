@@ -49,8 +49,10 @@ use rule plot_accuracy as plot_gap with:
     input:
         points=f"{STATS}/points.csv",
         fits=f"{STATS}/fits.csv",
+        decomposition=f"{STATS}/decomposition.csv",
     output:
-        figure(f"{FIGURES}/gap_scatter", "fig_gap", "Gap statistics"),
+        scatter=figure(f"{FIGURES}/gap_scatter", "fig_gap", "Gap statistics"),
+        decomposition=figure(f"{FIGURES}/decomposition", "fig_decomposition", "Gap statistics"),
     log:
         f"{LOGS}/plots/gap/{{dataset}}/{{voice}}.log",
 

@@ -17,7 +17,7 @@ with logged(snakemake.log[0]):
         case "plot_metrics":
             stage.plot_metrics(dict(zip(p.models, i)), stems, p.options, p.first_layer)
         case "plot_gap":
-            stage.plot_gap(i.points, i.fits, stem(o), p.style)
+            stage.plot_gap(i.points, i.fits, i.decomposition, stems, p.style)
         case "plot_cka":
             stage.plot_cka(i.cka, i.readouts, stems, p.style)
         case "plot_heatmaps":

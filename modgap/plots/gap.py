@@ -1,4 +1,5 @@
-"""The gap against alignment metrics: one point per checkpoint with fits (P1 Figs. 5, 7), and per-item distributions."""
+"""The gap against alignment metrics: one point per checkpoint with fits (P1 Figs. 5, 7), per-item distributions, and
+P1's decomposition of each checkpoint's accuracies into text loss and modality gap."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ from matplotlib.patches import Patch
 
 from modgap.checkpoints import ALL
 
+from .accuracy import ACCURACY_SERIES
 from .layers import METRIC_LABELS, item_means
 from .style import (DOUBLE_COLUMN, OKABE_ITO, bar_width, category_axis, figure_legend, new_figure, order_models,
                     step_shades, strategy_colors, strategy_markers, styled)
@@ -20,8 +22,10 @@ GAP_METRICS = ("cos", "l2", "aps_cos", "aps_l2")
 
 
 def fit_label(group: str, fit: pd.Series) -> str:
-    """Legend text of one fit: group, R² and its interval."""
-    return f"{group}: R²={fit['r2']:.2f} [{fit['r2_lo']:.2f}, {fit['r2_hi']:.2f}]"
+    """Legend text of one fit: group, R² and its interval, flagged "item noise only" when the interval is not a
+    bootstrap over checkpoints (too few of them: it is the item bootstrap's)."""
+    flag = "" if fit["r2_ci_source"] == "checkpoints" else " item noise only"
+    return f"{group}: R²={fit['r2']:.2f} [{fit['r2_ci_lo']:.2f}, {fit['r2_ci_hi']:.2f}]{flag}"
 
 
 def gap_scatter(points: pd.DataFrame, fits: pd.DataFrame, metrics: Sequence[str] = GAP_METRICS,
@@ -31,7 +35,7 @@ def gap_scatter(points: pd.DataFrame, fits: pd.DataFrame, metrics: Sequence[str]
     panel's legend (the pooled "all" fit in black, dashed).
 
     points: columns model, strategy, step, gap and `metrics` (one row per checkpoint; a missing strategy is the
-    model's name). fits: columns strategy, x (metric name), slope, intercept, r2, r2_lo, r2_hi.
+    model's name). fits: columns strategy, x (metric name), slope, intercept, r2, r2_ci_lo, r2_ci_hi, r2_ci_source.
     """
     points = points.assign(strategy=points["strategy"].fillna(points["model"]))
     points = points.set_index("model").loc[order_models(points["model"])].reset_index()
@@ -99,4 +103,35 @@ def item_distributions(items: pd.DataFrame, metric: str = "cos", first_layer: in
         ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)}, layers ≥ {first_layer}")
         figure_legend(fig, [Patch(facecolor=to_rgba(color, 0.35), edgecolor=color, hatch=hatch, label=f"Speech {gid}")
                             for _, gid, color, hatch in groups], where="top")
+    return fig
+
+
+def decomposition_lines(decomposition: pd.DataFrame, style: Mapping | None = None) -> Figure:
+    """P1's decomposition over training, one panel per strategy: accuracy (%) at each checkpoint step of the base LM
+    on text (when known), and of the speech LM on text and on speech (the series of `accuracy_bars`; line gids
+    base_text_acc, text_acc, speech_acc). The drop from base to text is the text loss of alignment training; the
+    band from text down to speech (gid "gap") is the modality gap.
+
+    decomposition: the stats stage's decomposition table, columns strategy, step, base_text_acc, text_acc,
+    speech_acc (points; a model without a step is one point).
+    """
+    panels = list(decomposition.groupby("strategy", sort=False))
+    series = [s for s in ACCURACY_SERIES if decomposition[s[0]].notna().any()]
+    with styled(style):
+        fig = new_figure(DOUBLE_COLUMN if len(panels) > 1 else DOUBLE_COLUMN / 2, 2.8)
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (strategy, table) in zip(axes, panels):
+            table = table.sort_values("step")
+            x = np.arange(len(table))
+            ax.fill_between(x, table["speech_acc"], table["text_acc"], color=OKABE_ITO["black"], alpha=0.1,
+                            linewidth=0, gid="gap", label="Modality gap")
+            for column, label, kw in series:
+                ax.plot(x, table[column], color=kw["color"], marker="o", gid=column, label=label,
+                        linestyle="--" if column == "base_text_acc" else "-")
+            category_axis(ax, ["—" if pd.isna(step) else f"{step:g}" for step in table["step"]])
+            ax.set_title(str(strategy), loc="left")
+            ax.set_xlabel("Step")
+        axes[0].set_ylabel("Accuracy (%)")
+        axes[0].set_ylim(0, 103)
+        figure_legend(fig, where="top")
     return fig

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, gap_scatter, intervention_bars,
-               item_distributions, layer_curves, path_stats, redundancy_curve, save, similarity_heatmap)
+from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines, gap_scatter,
+               intervention_bars, item_distributions, layer_curves, path_stats, redundancy_curve, save,
+               similarity_heatmap)
 
 FORMATS = ("png", "pdf")
 
@@ -40,9 +41,12 @@ def plot_metrics(tables: Mapping[str, str | Path], out: Mapping[str, str | Path]
         _save(item_distributions(items, metric, first_layer=first_layer, seed=seed, style=style), out[key])
 
 
-def plot_gap(points_csv: str | Path, fits_csv: str | Path, out: str | Path, style: dict) -> None:
+def plot_gap(points_csv: str | Path, fits_csv: str | Path, decomposition_csv: str | Path,
+             out: Mapping[str, str | Path], style: dict) -> None:
+    """GAP vs each metric with the fits (`out` key scatter) and P1's decomposition over steps (key decomposition)."""
     fits = pd.read_csv(fits_csv).rename(columns={"group": "strategy"})
-    _save(gap_scatter(pd.read_csv(points_csv), fits, style=style), out)
+    _save(gap_scatter(pd.read_csv(points_csv), fits, style=style), out["scatter"])
+    _save(decomposition_lines(pd.read_csv(decomposition_csv), style=style), out["decomposition"])
 
 
 def plot_cka(cka_parquet: str | Path, readouts_csv: str | Path, out: Mapping[str, str | Path], style: dict) -> None:
