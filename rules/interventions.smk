@@ -1,7 +1,8 @@
-# Interventions: every model re-scores each test shard under P1's edits, P2's calibration and text redundancy
-# (forward passes with hooks, one job per shard), then one job gathers the papers' tables per (dataset, voice).
+# Interventions: every model re-scores each test shard under P1's edits (each with its random, even and other-item
+# controls), P2's calibration and text redundancy (forward passes with hooks, one job per shard), then one job
+# gathers the papers' tables and the path-minus-random effects per (dataset, voice).
 INTERVENTIONS = "results/interventions/{dataset}/{voice}"
-INTERVENTION_TABLES = ["conditions", "p1_table", "calibration", "redundancy"]
+INTERVENTION_TABLES = ["conditions", "controls", "p1_table", "calibration", "redundancy"]
 
 
 rule interventions_shard:

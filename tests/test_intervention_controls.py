@@ -13,7 +13,7 @@ from test_interventions import STYLE, corpus_table, prefill_edited, prefill_reco
 from modgap.corpus.lab_world import generate_lab
 from modgap.corpus.table import read_rows
 from modgap.interventions import conditions
-from modgap.interventions.conditions import COLUMNS, Edit, run_conditions, select_edits
+from modgap.interventions.conditions import COLUMNS, Edit, partner_rows, run_conditions, select_edits
 from modgap.interventions.controls import (
     CONTROLS, control_sites, even_positions, item_generator, other_item_partners, other_item_tokens, random_positions,
 )
@@ -64,7 +64,7 @@ def test_other_item_partners_are_seeded_derangements():
         assert all(int(p) != g for g, p in enumerate(partners)) and sorted(partners.tolist()) == [0, 1, 2, 3]
     assert torch.equal(other_item_partners(9, 7), other_item_partners(9, 7))
     assert any(not torch.equal(other_item_partners(9, 7), other_item_partners(9, s)) for s in range(8, 12))
-    with pytest.raises(ValueError, match="at least 2 items in a shard, got 1"):
+    with pytest.raises(ValueError, match="a pool of at least 2 items, got 1"):
         other_item_partners(1, 0)
 
 
@@ -85,7 +85,7 @@ def test_other_item_tokens_take_the_same_relative_position():
 
 @pytest.fixture(scope="module")
 def tiny_lab(tmp_path_factory):
-    """(adapter, rows): a tiny Qwen2-Audio and 15 lab test items with noise recordings."""
+    """(adapter, rows): a tiny Qwen2-Audio and 5 lab test items with noise recordings."""
     tmp = tmp_path_factory.mktemp("controls")
     rows = read_rows(corpus_table(generate_lab(0, 0, 3, 5)["test"], tmp / "audio"))
     model = tiny.build_qwen2_audio(tmp / "model", tiny.tiny_tokenizer(), window_s=4)
@@ -130,7 +130,7 @@ EDITS = [Edit("angle", "bottom-3", 0), Edit("length", "all", "output"), Edit("an
 
 def test_identity_ops_at_every_control_site_reproduce_the_baseline_bit_for_bit(tiny_lab, monkeypatch):
     """With the ops made identities (they still receive each control's target), every path and control row of
-    `run_conditions` has the unedited S prediction and log-likelihoods bit for bit; batches of 3 over 7 items leave a
+    `run_conditions` has the unedited S prediction and log-likelihoods bit for bit; batches of 2 over 5 items leave a
     batch of one, whose other-item partner comes from another batch."""
     adapter, rows = tiny_lab
 
@@ -142,9 +142,9 @@ def test_identity_ops_at_every_control_site_reproduce_the_baseline_bit_for_bit(t
 
     monkeypatch.setitem(conditions.OPS, "angle", identity(angle_projection))
     monkeypatch.setitem(conditions.OPS, "length", identity(length_normalization))
-    t = run_conditions(adapter, rows[:7], STYLE, "none", EDITS, batch_items=3, controls=CONTROLS, seed=0)
+    t = run_conditions(adapter, rows, STYLE, "none", EDITS, batch_items=2, controls=CONTROLS, seed=0)
     edits, base = t[t["condition"] == "edit"], t[t["condition"] == "S"].set_index("id")
-    assert set(edits["control"]) == {"path", *CONTROLS} and len(edits) == 3 * 4 * 7
+    assert set(edits["control"]) == {"path", *CONTROLS} and len(edits) == 3 * 4 * len(rows)
     assert (edits["prediction"] == edits["baseline_prediction"]).all()
     assert all(a == b for a, b in zip(edits["loglik"], edits["baseline_loglik"]))
     assert all(a == b for a, b in zip(edits["loglik"], base.loc[edits["id"], "loglik"]))
@@ -153,7 +153,7 @@ def test_identity_ops_at_every_control_site_reproduce_the_baseline_bit_for_bit(t
 
 def test_every_edit_has_its_controls_with_the_path_edit_count(tiny_lab):
     adapter, rows = tiny_lab
-    t = run_conditions(adapter, rows[:5], STYLE, "none", EDITS, batch_items=5, controls=CONTROLS, seed=0)
+    t = run_conditions(adapter, rows, STYLE, "none", EDITS, batch_items=5, controls=CONTROLS, seed=0)
     edits = t[t["condition"] == "edit"]
     keys = ["layer", "select", "op", "metric", "select_layer"]
     assert edits.groupby(keys).ngroups == 3
@@ -197,16 +197,22 @@ def test_controls_edit_their_own_sites_with_their_own_targets(tiny_lab, monkeypa
 
 def test_controls_are_deterministic_given_the_seed(tiny_lab):
     adapter, rows = tiny_lab
-    run = lambda seed, batch: run_conditions(adapter, rows[:6], STYLE, "none", [Edit("angle", "all", 0)],  # noqa: E731
-                                             batch_items=batch, controls=CONTROLS, seed=seed)
-    a = run(3, 6)
-    pd.testing.assert_frame_equal(a, run(3, 6))
-    b = run(3, 4)  # other batches: the same sites and partners (only padding differs)
-    assert (a["prediction"] == b["prediction"]).all() and (a["n_edited"] == b["n_edited"]).all()
-    np.testing.assert_allclose(np.stack(a["loglik"]), np.stack(b["loglik"]), rtol=0, atol=1e-4)
-    c = run(4, 6)
+    def run(seed: int, batch: int, shards: tuple[slice, ...] = (slice(None),)) -> pd.DataFrame:
+        t = pd.concat([run_conditions(adapter, rows[shard], STYLE, "none", [Edit("angle", "all", 0)], batch_items=batch,
+                                      controls=CONTROLS, seed=seed, partner_pool=rows) for shard in shards])
+        return t.sort_values(["label", "id"], ignore_index=True)
+
+    a = run(3, 5)
+    pd.testing.assert_frame_equal(a, run(3, 5))
+    # other batches, or shards (one of a single item): the same sites and partners, only the padding differs
+    for b in (run(3, 2), run(3, 5, (slice(0, 4), slice(4, 5)))):
+        assert (a["prediction"] == b["prediction"]).all() and (a["n_edited"] == b["n_edited"]).all()
+        np.testing.assert_allclose(np.stack(a["loglik"]), np.stack(b["loglik"]), rtol=0, atol=1e-4)
+    c = run(4, 5)
     moved = ~np.isclose(np.stack(a["loglik"]), np.stack(c["loglik"]), rtol=0, atol=1e-6).all(1)
     assert set(a.loc[moved, "control"]) <= {"random", "other_item"} and moved.any()
+    with pytest.raises(ValueError, match=f"item {rows[0].id}: not in the pool of other-item partners"):
+        partner_rows(rows[:2], rows[2:], 0)
     with pytest.raises(ValueError, match="unknown control 'shuffled'"):
         run_conditions(adapter, rows[:2], STYLE, "none", [Edit("angle", "all", 0)], controls=["shuffled"])
 
@@ -251,3 +257,4 @@ def test_control_effects_equal_a_hand_computation():
     short = table.drop(table.index[(table["control"] == "random") & (table["id"] == "i3")])
     with pytest.raises(ValueError, match=r"angle bottom-3 @0 \(random\): its items differ"):
         control_effects(short)
+

@@ -26,13 +26,17 @@ from modgap.interventions.conditions import (
     Redundancy,
     conditions_from_options,
     fit_calibration,
+    resolve_layer,
     run_conditions,
     select_edits,
 )
+from modgap.interventions.controls import CONTROLS
 from modgap.interventions.ops import angle_projection, length_normalization, moment_calibration
 from modgap.interventions.options import InterventionsOptions
 from modgap.interventions.redundancy import redundant_item, repeat_words
-from modgap.interventions.report import mcnemar_exact, p1_table, p2_calibration_table, redundancy_table, summarize
+from modgap.interventions.report import (
+    mcnemar_exact, p1_table, p2_calibration_table, paired_ci, redundancy_table, summarize,
+)
 from modgap.models import load_adapter
 from modgap.models.hooks import RowEdit, edit_rows, record_rows
 from modgap.states import spine
@@ -321,7 +325,8 @@ def table(setup):
     adapter, rows, calib = setup
     conditions = [Edit("angle", "bottom-3", 0), Edit("length", "all", "output"), Edit("angle", "bottom-2", 1, "l2", 2),
                   Calibration("input"), Calibration("output", "scalar"), Redundancy(1), Redundancy(2)]
-    return run_conditions(adapter, rows, STYLE, "none", conditions, calibration_rows=calib, batch_items=2)
+    return run_conditions(adapter, rows, STYLE, "none", conditions, calibration_rows=calib, batch_items=2,
+                          controls=CONTROLS)
 
 
 def test_driver_table_and_baselines(setup, table, tmp_path):
@@ -330,9 +335,13 @@ def test_driver_table_and_baselines(setup, table, tmp_path):
     table.to_parquet(tmp_path / "t.parquet")  # list and nullable columns survive Parquet
     back = pd.read_parquet(tmp_path / "t.parquet")
     assert back["layer"].dtype == "Int64" and list(back["loglik"].iloc[0]) == table["loglik"].iloc[0]
-    assert table.groupby("label").size().eq(len(rows)).all() and table["label"].nunique() == 9
+    assert table.groupby("label").size().eq(len(rows)).all() and table["label"].nunique() == 6 + 3 * 4
     assert set(table["label"]) >= {"S", "T", "angle bottom-3 @0", "length all @1", "angle bottom-2 @1 [l2@2]",
-                                   "calibration per_dim @0", "calibration scalar @1", "redundancy r=1"}
+                                   "calibration per_dim @0", "calibration scalar @1", "redundancy r=1",
+                                   "angle bottom-3 @0 (random)", "angle bottom-2 @1 [l2@2] (other_item)"}
+    assert table.groupby("condition")["control"].unique().map(set).to_dict() == {
+        "S": {"none"}, "T": {"none"}, "calibration": {"none"}, "redundancy": {"none"},
+        "edit": {"path", "random", "even", "other_item"}}
     for item, x in zip([r.item for r in rows], speech(adapter, rows)):
         for cond, inputs in (("S", x), ("T", adapter.text_inputs(item, STYLE))):
             row = table[(table["label"] == cond) & (table["id"] == item.id)].iloc[0]
@@ -428,14 +437,19 @@ def test_bad_inputs(setup):
 
 
 def test_conditions_from_options_defaults():
+    defaults_ = interventions_options()
+    assert defaults_.layers == (0, "middle", "output") and defaults_.select_layer is None  # selection at the edit
+    assert defaults_.controls == ("random", "even", "other_item") and defaults_.seed == 0
+    assert [resolve_layer(l, 4) for l in defaults_.layers] == [0, 2, 3]
+    assert {c.layer for c in conditions_from_options(defaults_) if isinstance(c, Edit)} == {0, "middle", "output"}
     conds = conditions_from_options(interventions_options(layers=[0, "output"], k=2))
     edits = [c for c in conds if isinstance(c, Edit)]
     assert len(edits) == 8 and {c.select for c in edits} == {"bottom-2", "all"}
     assert {c.layer for c in edits} == {0, "output"}
     assert [c.layer for c in conds if isinstance(c, Calibration)] == ["input", "output"]
     assert [c.r for c in conds if isinstance(c, Redundancy)] == [1, 2, 4, 8]
-    assert conditions_from_options(interventions_options(select=["bottom-3"], ops=["angle"], calibration=[],
-                                                         redundancy=[])) == [Edit("angle", "bottom-3", 0)]
+    assert conditions_from_options(interventions_options(layers=[0], select=["bottom-3"], ops=["angle"],
+                                                         calibration=[], redundancy=[])) == [Edit("angle", "bottom-3", 0)]
 
 
 # --- report ----------------------------------------------------------------------------------------------------------
@@ -468,6 +482,7 @@ def _synthetic(acc: dict[str, list[int]]) -> pd.DataFrame:
         site = {0: "input", 1: "output", None: "none"}[layer]
         for n, (c, b) in enumerate(zip(correct, base)):
             rows.append({"id": f"i{n}", "condition": cond, "label": label, "layer": layer, "site": site,
+                         "control": "path" if cond == "edit" else "none",
                          "select": select, "op": op, "metric": "cos" if cond == "edit" else None,
                          "select_layer": layer if cond == "edit" else None, "r": r, "prediction": c,
                          "correct": c, "baseline_prediction": b, "baseline_correct": b, "n_edited": 1,
@@ -502,7 +517,7 @@ def test_report_layouts():
 
 
 def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(tmp_path, caplog):
-    from modgap.interventions.stage import gather, run_shard
+    from modgap.interventions.stage import TABLES, gather, run_shard
     from modgap.plan import ModelRun
 
     lab = generate_lab(0, 0, 3, 4)
@@ -520,19 +535,20 @@ def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(
     assert "calibration skipped" in caplog.text and "calibration" not in set(without["condition"])
     with_calib = run_shard(run, tables["test"], tables["calib"], 0, states, section, tmp_path / "b.parquet")
     assert (with_calib["condition"] == "calibration").sum() == 4
-    paths = {name: tmp_path / f"{name}.csv" for name in ("conditions", "p1_table", "calibration", "redundancy")}
+    paths = {name: tmp_path / f"{name}.csv" for name in TABLES}
     paths |= {"items": tmp_path / "items.parquet", "markdown": tmp_path / "tables.md"}
     out = gather({"tiny": [str(tmp_path / "b.parquet")]}, paths, k=3, stats_mode="per_dim")
-    assert {"speech", "text", "calib-input", "angle all @0", "redundancy-r1"} == set(out["conditions"]["condition"])
+    assert {"speech", "text", "calib-input", "angle all @0", "redundancy-r1", "angle all @0 (random)",
+            "angle all @0 (even)", "angle all @0 (other_item)"} == set(out["conditions"]["condition"])
+    assert out["controls"][["model", "condition", "n_items"]].values.tolist() == [["tiny", "angle all @0", 4]]
+    assert (tmp_path / "controls.csv").is_file()
     assert (tmp_path / "tables.md").is_file() and list(out["p1_table"]["model"]) == ["tiny"]
 
 
 def test_paired_interval_equals_the_wald_interval_of_per_item_differences():
-    from modgap.interventions.stage import _paired_ci
-
     fixed, broken, n = 12, 5, 30
     diff = np.r_[np.ones(fixed), -np.ones(broken), np.zeros(n - fixed - broken)]  # per item: after - before
     se = diff.std() / np.sqrt(n)  # population sd of the paired differences
-    lo, hi = _paired_ci(fixed, broken, n)
+    lo, hi = paired_ci(fixed, broken, n)
     assert lo == pytest.approx(100 * (diff.mean() - 1.959964 * se)) and hi == pytest.approx(100 * (diff.mean() + 1.959964 * se))
-    assert lo < 100 * (fixed - broken) / n < hi and _paired_ci(0, 0, n) == (0.0, 0.0)
+    assert lo < 100 * (fixed - broken) / n < hi and paired_ci(0, 0, n) == (0.0, 0.0)

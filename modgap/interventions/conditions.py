@@ -13,14 +13,23 @@ op(h^S_{i*_j}, h^T_j) at the edited layer. When several selected text tokens map
 first in text order wins (the lowest j): each speech position is edited once, with one text target, so the op's
 norm and direction properties hold exactly; `n_edited` records how many positions were edited.
 
+Controls (METHODS.md, "Controls"): every edit condition also runs, on the same items and with the same number of
+edits, at random speech positions of the span ("random", seeded per item and condition), at evenly spaced ones
+("even") and at the path positions with another item's text states ("other_item": partners from a seeded
+derangement of a pool of items, by default the items run, in the stage the whole test table, so that a partner does
+not depend on the shard; their text states come from one extra T forward per batch). Rows carry `control`: "path"
+for the condition itself, the control's name for a control, "none" for baselines, calibration and redundancy.
+
 Edit sites: hidden state l at the hook point of `modgap.models.hooks` (0 = input embeddings, l = output of block l,
-both equal to `output_hidden_states[l]` for l < L). "input" is layer 0 and "output" is layer L - 1, the last one
-whose edit can reach the answer (see `resolve_layer`). Recorded states, selection and calibration statistics all
-come from the same hook points, so they are in the space that is edited.
+both equal to `output_hidden_states[l]` for l < L). "input" is layer 0, "middle" layer L // 2 (the output of the
+middle block) and "output" layer L - 1, the last one whose edit can reach the answer (see `resolve_layer`). Recorded
+states, selection and calibration statistics all come from the same hook points, so they are in the space that is
+edited.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -31,6 +40,9 @@ import torch
 from modgap.corpus.items import Item
 from modgap.corpus.table import Row
 from modgap.interventions.calibration import STATS_MODES, CalibrationStats, MomentStats, check_held_out
+from modgap.interventions.controls import (
+    CONTROLS, control_sites, item_generator, other_item_partners, other_item_tokens,
+)
 from modgap.interventions.ops import OPS, moment_calibration
 from modgap.interventions.options import InterventionsOptions
 from modgap.interventions.redundancy import redundant_item
@@ -43,13 +55,14 @@ from modgap.states import spine
 
 _SELECT = re.compile(r"^(?:all|bottom-(\d+))$")
 COLUMNS = [
-    "id", "condition", "label", "layer", "site", "select", "op", "metric", "select_layer", "r", "prediction",
+    "id", "condition", "label", "control", "layer", "site", "select", "op", "metric", "select_layer", "r", "prediction",
     "correct", "baseline_prediction", "baseline_correct", "n_edited", "loglik", "baseline_loglik",
 ]
 
 
 def resolve_layer(layer: int | str, n_layers: int, editable: bool = True) -> int:
-    """The hidden-state index an edit is made at: 0..n_layers - 1, "input" (0) or "output" (n_layers - 1).
+    """The hidden-state index an edit is made at: 0..n_layers - 1, "input" (0), "middle" (n_layers // 2) or
+    "output" (n_layers - 1).
 
     Layer n_layers (the output of the last decoder block) is refused: the option scores read the next-token logits
     at the last prompt position and attend to KV caches computed from layers < n_layers, so editing question
@@ -59,11 +72,13 @@ def resolve_layer(layer: int | str, n_layers: int, editable: bool = True) -> int
     """
     if layer == "input":
         return 0
+    if layer == "middle":
+        return n_layers // 2
     if layer == "output":
         return n_layers - 1
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer <= n_layers:
         raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{n_layers}; edits can be made at "
-                         f"0..{n_layers - 1} (or 'input' = 0, 'output' = {n_layers - 1})")
+                         f"0..{n_layers - 1} (or 'input' = 0, 'middle' = {n_layers // 2}, 'output' = {n_layers - 1})")
     if layer == n_layers and editable:
         raise ValueError(f"layer {layer} is the output of the last decoder block: editing question positions there "
                          "cannot change the option scores (the logits are read at the last prompt position); edits "
@@ -107,7 +122,8 @@ class Edit:
 @dataclass(frozen=True)
 class Calibration:
     """P2 moment calibration of the whole speech span at `layer` (0 / "input", L - 1 / "output", or any block
-    between; see `resolve_layer` for why not L)."""
+    between; see `resolve_layer` for why not L). It edits every span position, so it has no site controls (random
+    or even positions of the whole span are the span itself)."""
 
     layer: int | str = "input"
     stats_mode: str = "per_dim"
@@ -188,8 +204,9 @@ def fit_calibration(
 def _row(item: Item, scores: Scores, base: Scores, n_layers: int, **fields) -> dict:
     layer = fields.get("layer")
     row = {
-        "id": item.id, "site": "none" if layer is None else _site(layer, n_layers), "select": "none", "op": "none",
-        "metric": None, "select_layer": None, "r": None, "layer": None, "n_edited": 0, **fields,
+        "id": item.id, "control": "none", "site": "none" if layer is None else _site(layer, n_layers),
+        "select": "none", "op": "none", "metric": None, "select_layer": None, "r": None, "layer": None, "n_edited": 0,
+        **fields,
         "prediction": scores.pred, "correct": int(scores.pred == item.answer),
         "baseline_prediction": base.pred, "baseline_correct": int(base.pred == item.answer),
         "loglik": scores.logliks.tolist(), "baseline_loglik": base.logliks.tolist(),
@@ -197,15 +214,42 @@ def _row(item: Item, scores: Scores, base: Scores, n_layers: int, **fields) -> d
     return row
 
 
-def _label(cond: Condition, layer: int | None = None, select_layer: int | None = None) -> str:
+def _label(cond: Condition, layer: int | None = None, select_layer: int | None = None, control: str = "path") -> str:
     """The condition's name in the table: "angle bottom-3 @0" (selection other than cosine at the edited layer:
-    "angle bottom-3 @0 [l2@5]"), "calibration per_dim @0", "redundancy r=2"."""
+    "angle bottom-3 @0 [l2@5]"; a control: "angle bottom-3 @0 (random)"), "calibration per_dim @0",
+    "redundancy r=2"."""
     if isinstance(cond, Edit):
         extra = "" if cond.metric == "cos" and select_layer == layer else f" [{cond.metric}@{select_layer}]"
-        return f"{cond.op} {cond.select} @{layer}{extra}"
+        return f"{cond.op} {cond.select} @{layer}{extra}" + ("" if control == "path" else f" ({control})")
     if isinstance(cond, Calibration):
         return f"calibration {cond.stats_mode} @{layer}"
     return f"redundancy r={cond.r}"
+
+
+def _control_edit(op: Callable, control: str, span: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                  text: torch.Tensor, other_text: torch.Tensor | None, generator: torch.Generator) -> RowEdit:
+    """One item's edit under `control` ("path" or one of `CONTROLS`): op(h, target) at prompt positions span[sites].
+
+    span [Ts] prompt positions of the speech span; i, j [m] the path's speech positions and text targets; text
+    [Tt, d] this item's text states at the edited layer; other_text [Tt', d] its partner's (for "other_item").
+    """
+    if control == "other_item":
+        sites, target = i, other_text[other_item_tokens(j, len(text), len(other_text)).to(other_text.device)]
+    else:
+        sites, j = control_sites(control, i, j, len(span), generator)
+        target = text[j.to(text.device)]
+    return RowEdit(span[sites], lambda h: op(h, target.to(h.dtype)))
+
+
+def partner_rows(rows: Sequence[Row], pool: Sequence[Row], seed: int) -> list[Row]:
+    """Each row's other-item partner: pool[sigma[p]] for the row at pool position p, sigma a seeded derangement of
+    the pool (`other_item_partners`), so that a row's partner depends on the pool and seed only. ValueError naming
+    a row missing from the pool."""
+    position = {r.id: p for p, r in enumerate(pool)}
+    if missing := [r.id for r in rows if r.id not in position]:
+        raise ValueError(f"item {missing[0]}: not in the pool of other-item partners")
+    sigma = other_item_partners(len(pool), seed)
+    return [pool[int(sigma[position[r.id]])] for r in rows]
 
 
 def run_conditions(
@@ -216,16 +260,25 @@ def run_conditions(
     conditions: list[Condition],
     calibration_rows: list[Row] | None = None,
     batch_items: int = 8,
+    controls: Sequence[str] = (),
+    seed: int = 0,
+    partner_pool: Sequence[Row] | None = None,
 ) -> pd.DataFrame:
     """Re-score every row under every condition; returns the per-item table (`COLUMNS`), baselines included as
     conditions "S" and "T".
 
     Edit and Calibration rows compare with the unedited S prediction, Redundancy rows with the baseline T
-    prediction (r = 1 reproduces it exactly). Calibration statistics are fitted on `calibration_rows`, which must
-    not share an item id with `rows` (ValueError naming them).
+    prediction (r = 1 reproduces it exactly). Every Edit also runs under each of `controls` (`CONTROLS`; seeded by
+    `seed`, the item and the condition, so independent of batching; other-item partners drawn from `partner_pool`,
+    default `rows`: see `partner_rows`); Calibration edits the whole span and has no site controls. Calibration
+    statistics are fitted on `calibration_rows`, which must not share an item id with `rows` (ValueError naming
+    them).
     """
     if not rows:
         raise ValueError("no items to run interventions on")
+    if unknown := [c for c in controls if c not in CONTROLS]:
+        raise ValueError(f"unknown control {unknown[0]!r} (known: {', '.join(CONTROLS)})")
+    runs = ["path", *dict.fromkeys(controls)]  # each edit condition's runs: itself and its controls
     n_layers = adapter.n_layers
     items = [r.item for r in rows]
     edits = [(c, resolve_layer(c.layer, n_layers),
@@ -252,11 +305,18 @@ def run_conditions(
         check_held_out([r.id for r in calibration_rows], [it.id for it in items])
         stats = fit_calibration(adapter, calibration_rows, style, [l for _, l in calibs], batch_items)
     record = sorted({l for _, l, _ in edits} | {l for _, _, l in edits})
+    partners = (partner_rows(rows, rows if partner_pool is None else partner_pool, seed)
+                if edits and "other_item" in runs else None)
 
     out: list[dict] = []
+    done = 0
     for batch in spine.run(adapter, rows, style, batch_items=batch_items, span_layers=record, desc="interventions"):
         its = batch.items
         s_in, rec_s, rec_t = batch.forwards["S"].inputs, batch.forwards["S"].span, batch.forwards["T"].span
+        other_t = [None] * len(its) if partners is None else spine.forward(
+            adapter, spine.condition_inputs(adapter, partners[done : done + len(its)], style, "T"), span_layers=record
+        ).span
+        done += len(its)
         base_s = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["S"].prefills, its)]
         base_t = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["T"].prefills, its)]
         for it, s, t in zip(its, base_s, base_t):
@@ -265,18 +325,19 @@ def run_conditions(
         batch.forwards.clear()
 
         for cond, layer, sel_layer in edits:
-            op = OPS[cond.op]
             at, sel_at = record.index(layer), record.index(sel_layer)
-            plan: dict[int, RowEdit] = {}
-            for g, (it, x, hs, ht) in enumerate(zip(its, s_in, rec_s, rec_t)):
-                i, j = select_edits(hs[sel_at], ht[sel_at], cond.select, cond.metric, it.id)
-                target = ht[at][j.to(ht.device)]
-                plan[g] = RowEdit(x.span[i], lambda h, target=target: op(h, target.to(h.dtype)))
-            pre = spine.forward(adapter, s_in, edit=spine.Edit(layer, plan)).prefills
-            for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
-                out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="edit",
-                                label=_label(cond, layer, sel_layer), layer=layer, select=cond.select, op=cond.op,
-                                metric=cond.metric, select_layer=sel_layer, n_edited=len(plan[g].positions)))
+            path = [select_edits(hs[sel_at], ht[sel_at], cond.select, cond.metric, it.id)
+                    for it, hs, ht in zip(its, rec_s, rec_t)]
+            for control in runs:
+                label = _label(cond, layer, sel_layer, control)
+                plan = {g: _control_edit(OPS[cond.op], control, x.span, i, j, ht[at], None if o is None else o[at],
+                                         item_generator(seed, label, it.id))
+                        for g, (it, x, (i, j), ht, o) in enumerate(zip(its, s_in, path, rec_t, other_t))}
+                pre = spine.forward(adapter, s_in, edit=spine.Edit(layer, plan)).prefills
+                for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
+                    out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="edit",
+                                    label=label, control=control, layer=layer, select=cond.select, op=cond.op,
+                                    metric=cond.metric, select_layer=sel_layer, n_edited=len(plan[g].positions)))
 
         for cond, layer in calibs:
             params = stats[layer].params(cond.stats_mode)

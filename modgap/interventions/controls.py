@@ -2,20 +2,29 @@
 but at random or evenly spaced speech positions, or with another item's text vectors at the path positions. The
 effect of interest is path minus random.
 
-An edit condition is a pair of index tensors into the spans (`runner.select_edits`): speech positions i `[m]` and
-text targets j `[m]`, position i[k] receiving op(h^S[i[k]], h^T[j[k]]). Every function here is pure and seeded
-through an explicit `torch.Generator`; the result plugs into `hooks.RowEdit` as the runner's path edits do.
+An edit condition is a pair of index tensors into the spans (`conditions.select_edits`): speech positions i `[m]`
+and text targets j `[m]`, position i[k] receiving op(h^S[i[k]], h^T[j[k]]). Every function here is pure and seeded
+through an explicit `torch.Generator` (`item_generator` gives one per item and condition, so a draw does not depend
+on batching or sharding); the result plugs into `hooks.RowEdit` as the path edits do.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
 
 import torch
 from torch import Tensor
 
 from modgap.metrics.baselines import derangement, proportional_path
 
-CONTROLS = ("path", "random", "even")
+CONTROLS = ("random", "even", "other_item")  # the configurable controls of every edit condition
+SITES = ("path", *CONTROLS)  # the `control` column of an edit row ("none" for every other row)
+
+
+def item_generator(seed: int, *keys: str) -> torch.Generator:
+    """A generator seeded from `seed` and `keys` (e.g. the condition's label and the item id) through SHA-256:
+    the same draw for the same keys in any process, batch or shard."""
+    digest = hashlib.sha256("\0".join(map(str, (seed, *keys))).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def random_positions(i: Tensor, n_speech: int, generator: torch.Generator) -> Tensor:
@@ -46,8 +55,8 @@ def control_sites(control: str, i: Tensor, j: Tensor, n_speech: int, generator: 
         return random_positions(i, n_speech, generator), j
     if control == "even":
         return even_positions(len(i), n_speech), j
-    raise ValueError(f"unknown control {control!r}; expected one of {CONTROLS} (other-item targets: "
-                     "other_item_targets)")
+    raise ValueError(f"unknown site control {control!r}; expected path, random or even (other_item keeps the "
+                     "path positions: other_item_tokens)")
 
 
 def other_item_tokens(j: Tensor, n_text: int, n_text_other: int) -> Tensor:
@@ -58,22 +67,9 @@ def other_item_tokens(j: Tensor, n_text: int, n_text_other: int) -> Tensor:
     return (2 * j.long() + 1) * n_text_other // (2 * n_text)
 
 
-def other_item_targets(js: Sequence[Tensor], n_texts: Sequence[int], generator: torch.Generator
-                       ) -> tuple[Tensor, list[Tensor]]:
-    """Other-item targets for a batch (or shard) of B >= 2 items: a seeded derangement `partners` `[B]` (item g
-    takes its targets from item partners[g] != g) and per item the target tokens `[m_g]` in the partner's text span
-    (`other_item_tokens`). The speech positions stay the path positions i; the runner gathers the partner's text
-    states at the edited layer, `rec_t[partners[g]][layer][tokens[g]]`."""
-    if len(js) != len(n_texts):
-        raise ValueError(f"{len(js)} target lists but {len(n_texts)} text lengths")
-    partners = derangement(len(js), generator)
-    tokens = [other_item_tokens(j, n_texts[g], n_texts[int(partners[g])]) for g, j in enumerate(js)]
-    return partners, tokens
-
-
-def apply_row_edits(h: Tensor, positions: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-    """States `[T, d]` with rows `positions` `[m]` replaced by `fn(h[positions])` (`[m, d]`), as `hooks.edit_rows`
-    does inside a forward: an edited copy in h's dtype, the input untouched."""
-    out = h.clone()
-    out[positions] = fn(h[positions]).to(h.dtype)
-    return out
+def other_item_partners(n: int, seed: int) -> Tensor:
+    """Partners `[n]` of a pool of n >= 2 items for the other-item control: a seeded derangement (item g takes its
+    text targets from item partners[g] != g); ValueError for fewer than 2 items."""
+    if n < 2:
+        raise ValueError(f"the other_item control needs a pool of at least 2 items, got {n}")
+    return derangement(n, torch.Generator().manual_seed(seed))

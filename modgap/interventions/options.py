@@ -9,8 +9,9 @@ from modgap.options import build
 @dataclass(frozen=True)
 class InterventionsOptions:
     """Models to run (None = all); P1 edits: edited layers, ops, token selections ("bottom-k" takes `k`), the
-    selection path's metric and layer (None = the edited layer); P2: calibration sites, statistics mode and the
-    calib items they are fitted on, text-redundancy factors; items per forward."""
+    selection path's metric and layer (None = the edited layer), the controls every edit also runs under and their
+    seed; P2: calibration sites, statistics mode and the calib items they are fitted on, text-redundancy factors;
+    items per forward."""
 
     models: tuple[str, ...] | None
     layers: tuple[int | str, ...]
@@ -19,6 +20,8 @@ class InterventionsOptions:
     k: int
     metric: str
     select_layer: int | str | None
+    controls: tuple[str, ...]
+    seed: int
     calibration: tuple[str, ...]
     stats_mode: str
     calib_items: int

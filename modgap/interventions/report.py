@@ -1,12 +1,15 @@
 """Summaries of the per-item interventions table: accuracy, paired change against the baseline with an exact
-McNemar test, and the papers' table layouts (accuracies in percent, deltas in points)."""
+McNemar test, each edit's effect over its random-position control, and the papers' table layouts (accuracies in
+percent, deltas in points)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from statsmodels.stats.contingency_tables import mcnemar
 
-KEYS = ["label", "condition", "layer", "site", "select", "op", "metric", "select_layer", "r"]
+from modgap.interventions.controls import SITES
+
+KEYS = ["label", "condition", "control", "layer", "site", "select", "op", "metric", "select_layer", "r"]
 
 
 def mcnemar_exact(baseline_correct, correct) -> dict:
@@ -19,6 +22,14 @@ def mcnemar_exact(baseline_correct, correct) -> dict:
     p = 1.0 if table[0, 1] + table[1, 0] == 0 else float(mcnemar(table, exact=True).pvalue)
     return {"fixed": int(table[1, 0]), "broken": int(table[0, 1]), "both_right": int(table[0, 0]),
             "both_wrong": int(table[1, 1]), "p_mcnemar": p}
+
+
+def paired_ci(fixed: int, broken: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wald interval of a paired difference in proportions, (fixed - broken) / n, in points (Agresti,
+    Categorical Data Analysis 10.1.1; statsmodels has no paired-proportion interval)."""
+    d = (fixed - broken) / n
+    se = np.sqrt(max(fixed + broken - n * d * d, 0.0)) / n
+    return 100 * (d - z * se), 100 * (d + z * se)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -52,8 +63,9 @@ def p1_table(tables: dict[str, pd.DataFrame], layer: int = 0, k: int = 3) -> pd.
     columns text, speech, angle bottom-k, angle all, length bottom-k, length all (edits at `layer`, selection by
     cosine at the edited layer; NaN where a condition was not run)."""
     def edit(op: str, select: str):
-        return lambda t: ((t["condition"] == "edit") & (t["op"] == op) & (t["select"] == select)
-                          & (t["layer"] == layer) & (t["metric"] == "cos") & (t["select_layer"] == layer))
+        return lambda t: ((t["condition"] == "edit") & (t["control"] == "path") & (t["op"] == op)
+                          & (t["select"] == select) & (t["layer"] == layer) & (t["metric"] == "cos")
+                          & (t["select_layer"] == layer))
 
     columns = {"text": lambda t: t["condition"] == "T", "speech": lambda t: t["condition"] == "S"}
     for op in ("angle", "length"):
@@ -83,3 +95,47 @@ def redundancy_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     out = pd.concat(frames, ignore_index=True)
     return out.assign(r=out["r"].astype(int), accuracy=(100 * out["accuracy"]).round(2))[columns]
+
+
+EDIT_KEYS = ["layer", "site", "select", "op", "metric", "select_layer"]
+CONTROL_COLUMNS = ["condition", *EDIT_KEYS, "n_items", "n_edited", "baseline_accuracy",
+                   *(f"{c}_delta" for c in SITES), "effect", "effect_ci_lo", "effect_ci_hi", "path_only",
+                   "random_only", "effect_mcnemar_p"]
+
+
+def _correct_by_item(run: pd.DataFrame, ids: pd.Index, label: str) -> pd.Series:
+    """`correct` of one run indexed by item id, in the order of `ids`; ValueError naming the run if its items
+    differ."""
+    got = run.set_index("id")["correct"]
+    if len(got) != len(ids) or set(got.index) != set(ids):
+        raise ValueError(f"{label}: its items differ from those of the path run it is paired with")
+    return got.reindex(ids)
+
+
+def control_effects(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per edit condition of one model's per-item table (`CONTROL_COLUMNS`): `condition` (the path's
+    label), n_items, mean n_edited, baseline (unedited S) accuracy as a fraction, each run's delta against that
+    baseline (`<control>_delta`, points; NaN for a control not run), and the effect of interest, path minus the
+    random control paired on the same items: point estimate and 95% Wald interval (points), the discordant items
+    (path_only: right after the path edit only; random_only) and their exact McNemar p (NaN without a random
+    control)."""
+    rows = []
+    edits = table[table["condition"] == "edit"]
+    for keys, group in edits.groupby(EDIT_KEYS, sort=False, dropna=False):
+        runs = {c: summarize(g).iloc[0] for c, g in group.groupby("control")}
+        if "path" not in runs:
+            raise ValueError(f"edit at {dict(zip(EDIT_KEYS, keys))}: controls without their path run")
+        path = group[group["control"] == "path"]
+        row = {"condition": runs["path"]["label"], **dict(zip(EDIT_KEYS, keys)), "n_items": len(path),
+               "n_edited": float(path["n_edited"].mean()), "baseline_accuracy": runs["path"]["baseline_accuracy"],
+               **{f"{c}_delta": runs[c]["delta"] if c in runs else np.nan for c in SITES}}
+        if "random" in runs:
+            ids = pd.Index(path["id"])
+            random = _correct_by_item(group[group["control"] == "random"], ids, runs["random"]["label"])
+            test = mcnemar_exact(random.to_numpy(), path["correct"].to_numpy())
+            lo, hi = paired_ci(test["fixed"], test["broken"], len(ids))
+            row |= {"effect": round(100 * (test["fixed"] - test["broken"]) / len(ids), 2), "effect_ci_lo": lo,
+                    "effect_ci_hi": hi, "path_only": test["fixed"], "random_only": test["broken"],
+                    "effect_mcnemar_p": test["p_mcnemar"]}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CONTROL_COLUMNS)

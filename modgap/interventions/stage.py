@@ -6,14 +6,15 @@ import dataclasses
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from modgap.atomic import write_csv, write_parquet, write_text
 from modgap.corpus.table import read_rows, read_shard
 from modgap.interventions.conditions import conditions_from_options, run_conditions
 from modgap.interventions.options import InterventionsOptions
-from modgap.interventions.report import p1_table, p2_calibration_table, redundancy_table, summarize
+from modgap.interventions.report import (
+    CONTROL_COLUMNS, control_effects, p1_table, p2_calibration_table, paired_ci, redundancy_table, summarize,
+)
 from modgap.models import load_run
 from modgap.options import as_dict
 from modgap.plan import ModelRun
@@ -28,7 +29,8 @@ def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | N
               device: str | None = None) -> pd.DataFrame:
     """Re-score one shard of the test items under every configured condition; calibration statistics come from
     the first `options.calib_items` usable items of `calib_table` (the held-out calibration split; without one,
-    the calibration conditions are skipped with a warning in the job's log)."""
+    the calibration conditions are skipped with a warning in the job's log). Other-item partners come from every
+    usable item of `test_table`, so a shard of one item has one too."""
     rows, style = read_shard(test_table, shard, states.shard_items, states.max_items)
     if options.calibration and calib_table is None:
         log.warning("%s has no calib split to fit P2's calibration statistics on: calibration skipped", test_table)
@@ -36,20 +38,12 @@ def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | N
     calibration = read_rows(calib_table)[: options.calib_items] if options.calibration else None
     adapter = load_run(run, device)
     table = run_conditions(adapter, rows, style, states.norm, conditions_from_options(options), calibration,
-                           options.batch_items)
+                           options.batch_items, options.controls, options.seed, partner_pool=read_rows(test_table))
     table.attrs["modgap"] = {"model": run.name, "shard": shard, "options": as_dict(options),
                              "output_layer": adapter.n_layers - 1,
                              "duplicate_positions": "first selected text token wins"}
     write_parquet(table, out_path)
     return table
-
-
-def _paired_ci(fixed: int, broken: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wald interval of a paired difference in proportions, in points (Agresti, Categorical Data Analysis
-    10.1.1; statsmodels has no paired-proportion interval)."""
-    d = (fixed - broken) / n
-    se = np.sqrt(max(fixed + broken - n * d * d, 0.0)) / n
-    return 100 * (d - z * se), 100 * (d + z * se)
 
 
 def _plot_name(row: pd.Series) -> str:
@@ -64,13 +58,13 @@ def _plot_name(row: pd.Series) -> str:
 
 
 def conditions_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per (model, condition): accuracy (fraction), delta vs its baseline with a paired 95% CI (points),
-    exact McNemar p, fixed and broken counts, n_items."""
+    """One row per (model, condition), controls included (column `control`): accuracy (fraction), delta vs its
+    baseline with a paired 95% CI (points), exact McNemar p, fixed and broken counts, n_items."""
     frames = []
     for model, table in tables.items():
         summary = summarize(table)
         summary.insert(0, "model", model)
-        ci = [_paired_ci(r.fixed, r.broken, r.n_items) for r in summary.itertuples()]
+        ci = [paired_ci(r.fixed, r.broken, r.n_items) for r in summary.itertuples()]
         summary["ci_lo"], summary["ci_hi"] = [c[0] for c in ci], [c[1] for c in ci]
         summary["name"] = summary.apply(_plot_name, axis=1)
         frames.append(summary.rename(columns={"p_mcnemar": "mcnemar_p"}))
@@ -78,7 +72,13 @@ def conditions_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return out.rename(columns={"condition": "kind", "name": "condition"})
 
 
-TABLES = ("conditions", "p1_table", "calibration", "redundancy")
+def controls_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """`control_effects` of every model, one row per (model, edit condition)."""
+    return pd.concat([control_effects(t).assign(model=m) for m, t in tables.items()], ignore_index=True
+                     )[["model", *CONTROL_COLUMNS]]
+
+
+TABLES = ("conditions", "controls", "p1_table", "calibration", "redundancy")
 
 
 def gather(shards: dict[str, list[str]], out: dict[str, str | Path], k: int, stats_mode: str
@@ -90,6 +90,7 @@ def gather(shards: dict[str, list[str]], out: dict[str, str | Path], k: int, sta
         raise ValueError("interventions: no model to gather (the models list is empty)")
     results = {
         "conditions": conditions_table(tables),
+        "controls": controls_table(tables),
         "p1_table": p1_table(tables, layer=0, k=k).reset_index(),
         "calibration": p2_calibration_table(tables, stats_mode).reset_index(),
         "redundancy": redundancy_table(tables),
