@@ -88,6 +88,7 @@ use rule plot_accuracy as plot_interventions with:
         redundancy=f"{INTERVENTIONS}/redundancy.csv",
     output:
         edits=figure(f"{FIGURES}/edits", "fig_edits", "Interventions"),
+        edit_layers=figure(f"{FIGURES}/edit_layers", "fig_edit_layers", "Interventions"),
         calibration=figure(f"{FIGURES}/calibration", "fig_calibration", "Interventions"),
         redundancy=figure(f"{FIGURES}/redundancy", "fig_redundancy", "Interventions"),
     log:

@@ -258,3 +258,29 @@ def test_control_effects_equal_a_hand_computation():
     with pytest.raises(ValueError, match=r"angle bottom-3 @0 \(random\): its items differ"):
         control_effects(short)
 
+
+def test_layer_sweep_figure_draws_the_path_and_each_control():
+    from modgap.interventions.stage import conditions_table
+    from modgap.plots.interventions import SITE_SERIES, edit_layer_curves
+
+    base = [1, 0, 0, 1, 0, 0, 1, 0, 0, 0]
+    records = []
+    for layer in (0, 2, 3):
+        for op in ("angle", "length"):
+            for k, control in enumerate(("path", "random", "even", "other_item")):
+                correct = [int((n + k + layer) % 3 == 0) for n in range(10)]
+                records += [{**r, "layer": layer, "label": r["label"].replace("@0", f"@{layer}")}
+                            for r in _edit_rows("angle all @0".replace("angle", op), op, control, correct, base)]
+    table = pd.DataFrame(records)[COLUMNS].astype({"layer": "Int64", "select_layer": "Int64", "r": "Int64"})
+    conditions = conditions_table({"lab-full@step10": table, "lab-full@step20": table.assign(correct=base * 24)})
+    fig = edit_layer_curves(conditions)
+    fig.canvas.draw()
+    assert len(fig.axes) == 2 and [ax.get_title(loc="left") for ax in fig.axes] == ["angle all", "length all"]
+    for ax in fig.axes:
+        lines = [line for line in ax.get_lines() if line.get_label() in dict(SITE_SERIES).values()]
+        assert [line.get_label() for line in lines] == [label for _, label in SITE_SERIES]
+        assert all(list(line.get_xdata()) == [0, 2, 3] for line in lines)
+    means = conditions[conditions["kind"] == "edit"].groupby(["op", "control", "layer"])["delta"].mean()
+    path = [line for line in fig.axes[0].get_lines() if line.get_label() == "Path positions"][0]
+    np.testing.assert_allclose(path.get_ydata(), means.loc[("angle", "path")].to_numpy())
+    assert len(fig.axes[0].collections) == 4  # the range over the two models, one band per line

@@ -1,4 +1,5 @@
-"""Interventions: accuracy changes from edits (P1), statistical calibration (P2) and text redundancy (P2)."""
+"""Interventions: accuracy changes from edits (P1) and their controls across layers, statistical calibration (P2) and
+text redundancy (P2)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -9,11 +10,15 @@ from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from .style import (OKABE_ITO, SINGLE_COLUMN, bar_width, figure_legend, grouped_bars, model_styles, new_figure,
-                    order_models, series_style, stars, styled)
+from .style import (DOUBLE_COLUMN, LINESTYLES, MARKERS, OKABE_ITO, SERIES_COLORS, SINGLE_COLUMN, bar_width,
+                    figure_legend, grouped_bars, model_styles, new_figure, order_models, series_style, stars, styled)
 
-# Conditions drawn by their own figure (baselines, calibration, redundancy): left out of `intervention_bars`.
+# Conditions drawn by their own figure (baselines, calibration, redundancy): left out of `intervention_bars`, which
+# draws the edit conditions themselves (control "path"; the controls are in `edit_layer_curves`).
 OWN_FIGURE = ("speech", "text", "calib", "redundancy")
+# The edit and its controls (`control` column of the conditions table), as drawn by `edit_layer_curves`.
+SITE_SERIES = [("path", "Path positions"), ("random", "Random positions"), ("even", "Even positions"),
+               ("other_item", "Other item's text")]
 CALIBRATION_SERIES = [
     ("speech", "Speech", {"color": OKABE_ITO["vermillion"], "hatch": "//"}),
     ("calib-input", "Input calibration", {"color": OKABE_ITO["orange"], "hatch": ".."}),
@@ -48,10 +53,12 @@ def intervention_bars(conditions: pd.DataFrame, names: Sequence[str] | None = No
     and McNemar stars.
 
     conditions: columns model, condition, delta, ci_lo, ci_hi (points), mcnemar_p. names: the conditions to draw,
-    in order; default every condition not starting with one of `OWN_FIGURE`, in order of appearance.
+    in order; default every path condition (column control) not starting with one of `OWN_FIGURE`, in order of
+    appearance.
     """
     if names is None:
-        names = [c for c in dict.fromkeys(conditions["condition"]) if not c.startswith(OWN_FIGURE)]
+        path = conditions.loc[conditions["control"] == "path", "condition"]
+        names = [c for c in dict.fromkeys(path) if not c.startswith(OWN_FIGURE)]
     models = order_models(conditions["model"])
     delta, lo, hi, p = (condition_table(conditions, c, names, models).to_numpy(float)
                         for c in ("delta", "ci_lo", "ci_hi", "mcnemar_p"))
@@ -122,4 +129,43 @@ def redundancy_curve(redundancy: pd.DataFrame, style: Mapping | None = None) -> 
             figure_legend(fig)
         else:
             ax.set_title(next(iter(styles)), loc="left")
+    return fig
+
+
+def edit_layer_curves(conditions: pd.DataFrame, style: Mapping | None = None) -> Figure:
+    """Layer sweep of the edits: accuracy change vs the unedited speech run (points) against the edited layer, one
+    panel per (selection, op), one line per site (the path and each control, `SITE_SERIES`): the mean over models,
+    with the range over models shaded when there are several.
+
+    conditions: the conditions table; its rows of kind "edit" with columns model, control, op, select, layer, delta.
+    """
+    edits = conditions[conditions["kind"] == "edit"].astype({"layer": int})
+    if edits.empty:
+        raise ValueError("edit_layer_curves: the conditions table has no edit rows")
+    selects, ops = list(dict.fromkeys(edits["select"])), list(dict.fromkeys(edits["op"]))
+    stats = edits.groupby(["select", "op", "control", "layer"])["delta"].agg(["mean", "min", "max"])
+    layers = np.sort(edits["layer"].unique())
+    several = edits["model"].nunique() > 1
+    with styled(style):
+        fig = new_figure(min(DOUBLE_COLUMN, 1.0 + 2.2 * len(ops)), 0.6 + 2.0 * len(selects))
+        axes = fig.subplots(len(selects), len(ops), sharex=True, sharey=True, squeeze=False)
+        for (r, select), (c, op) in ((rs, co) for rs in enumerate(selects) for co in enumerate(ops)):
+            ax = axes[r, c]
+            for k, (site, label) in enumerate(SITE_SERIES):
+                if (select, op, site) not in stats.index.droplevel("layer"):
+                    continue
+                line = stats.loc[(select, op, site)]
+                ax.plot(line.index, line["mean"], color=SERIES_COLORS[k], marker=MARKERS[k],
+                        linestyle=LINESTYLES[k % len(LINESTYLES)], label=label)
+                if several:
+                    ax.fill_between(line.index, line["min"], line["max"], color=SERIES_COLORS[k], alpha=0.15,
+                                    linewidth=0)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_title(f"{op} {select}", loc="left")
+            ax.set_xticks(layers)
+        for ax in axes[-1]:
+            ax.set_xlabel("Edited layer")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("Δ accuracy vs speech\n(points)")
+        figure_legend(fig, where="top")
     return fig
