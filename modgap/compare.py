@@ -38,7 +38,8 @@ def column_difference(a: pd.Series, b: pd.Series, rtol: float, atol: float) -> s
         worst = np.nanmax(np.abs(x - y))
         return f"{(~ok).sum()} values differ (max |diff| {worst:.3g})"
     x, y = a.astype(str).to_numpy(), b.astype(str).to_numpy()
-    return None if (x == y).all() else f"{(x != y).sum()} values differ, e.g. {x[x != y][0]!r} vs {y[x != y][0]!r}"
+    same = (x == y) | (a.isna() & b.isna()).to_numpy()  # None and NaN are one missing value
+    return None if same.all() else f"{(~same).sum()} values differ, e.g. {x[~same][0]!r} vs {y[~same][0]!r}"
 
 
 def compare_table(old: pd.DataFrame, new: pd.DataFrame, rtol: float, atol: float) -> tuple[list[str], list[str]]:
