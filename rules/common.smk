@@ -92,7 +92,8 @@ def metrics_summaries():
 
 
 def stats_targets():
-    return [f"{STATS}/headline.json".format(dataset=d, voice=v) for d in states_datasets() for v in voices(d, "test")]
+    return [f"{STATS}/{name}".format(dataset=d, voice=v) for name in ("headline.json", "findings.csv")
+            for d in states_datasets() for v in voices(d, "test")]
 
 
 # --- interventions
@@ -141,7 +142,8 @@ def heatmap_count():
 def figure_targets():
     per_voice = [
         f"{FIGURES}/{name}.png"
-        for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "edits", "calibration", "redundancy"]
+        for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "decomposition", "edits",
+                     "edit_layers", "calibration", "redundancy"]
     ]
     per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]
     per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()

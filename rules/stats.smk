@@ -28,3 +28,32 @@ rule stats:
         "../envs/modgap.yaml"
     script:
         "../scripts/stats.py"
+
+
+rule findings:
+    input:
+        item_metrics=expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
+        cka=expand(f"{METRICS}/cka.parquet", model=MODELS, allow_missing=True),
+        readouts=expand(f"{METRICS}/cka_readouts.csv", model=MODELS, allow_missing=True),
+        summaries=expand(f"{METRICS}/summary.json", model=MODELS, allow_missing=True),
+        fits=f"{STATS}/fits.csv",
+        logistic=f"{STATS}/logistic.csv",
+        controls=lambda wc: [f"{INTERVENTIONS}/controls.csv".format(**wc)] if config["interventions"]["controls"] else [],
+    output:
+        csv=f"{STATS}/findings.csv",
+        markdown=report(f"{STATS}/findings.md", caption="../workflow/report/findings.rst", category="Findings"),
+    params:
+        models=list(MODELS),
+        n_boot=config["stats"]["n_boot"],
+        seed=config["stats"]["seed"],
+        include_layer0=config["metrics"]["include_layer0"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    log:
+        f"{LOGS}/findings/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/findings.py"

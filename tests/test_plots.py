@@ -61,8 +61,9 @@ def points_table(models=LAB, seed=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     points["gap"] = 100 * (points["text_acc"] - points["speech_acc"])
     for metric in ("cos", "l2", "aps_cos", "aps_l2"):
         points[metric] = rng.uniform(0, 1, len(models))
-    fits = pd.DataFrame([{"strategy": s, "x": metric, "slope": -10.0, "intercept": 70.0, "r2": 0.5, "r2_lo": 0.2,
-                          "r2_hi": 0.8, "pearson_r": -0.7, "spearman_rho": -0.6, "n_checkpoints": 4,
+    fits = pd.DataFrame([{"strategy": s, "x": metric, "slope": -10.0, "intercept": 70.0, "r2": 0.5, "r2_ci_lo": 0.2,
+                          "r2_ci_hi": 0.8, "r2_ci_source": "checkpoints", "pearson_r": -0.7, "spearman_rho": -0.6,
+                          "n_checkpoints": 4,
                           "n_items": 200} for s in [*STRATEGIES, "all"] for metric in ("cos", "l2", "aps_cos",
                                                                                           "aps_l2")])
     return points, fits
@@ -113,7 +114,8 @@ def condition_tables(models=LAB[:3]) -> tuple[pd.DataFrame, pd.DataFrame]:
             delta = 0.0 if name in ("speech", "text") else (-1) ** j * (j + k) * 0.8
             rows.append({"model": model, "condition": name, "op": name.split("-")[0], "select": "", "layer": 0,
                          "accuracy": 0.4 + delta / 100, "delta": delta, "ci_lo": delta - 2, "ci_hi": delta + 2,
-                         "mcnemar_p": p, "fixed": 5, "broken": 3, "n_items": 200})
+                         "mcnemar_p": p, "fixed": 5, "broken": 3, "n_items": 200,
+                         "kind": "edit" if "@" in name else "other", "control": "path" if "@" in name else "none"})
     conditions = pd.DataFrame(rows)
     redundancy = pd.DataFrame([{"model": m, "r": r, "accuracy": 0.9 - 0.05 * np.log2(r) - 0.01 * k, "n_items": 200}
                                for k, m in enumerate(models) for r in (1, 2, 4, 8)])
@@ -144,6 +146,7 @@ def all_figures() -> dict[str, Figure]:
         "cka": plots.cka_heatmap(cka, readouts, CONFIGS[0]),
         "cka_grid": plots.cka_small_multiples(cka, readouts),
         "interventions": plots.intervention_bars(conditions),
+        "edit_layers": plots.edit_layer_curves(conditions),
         "calibration": plots.calibration_bars(conditions),
         "redundancy": plots.redundancy_curve(redundancy),
     }

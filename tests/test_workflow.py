@@ -56,11 +56,18 @@ def test_metrics_outputs(study):
 def test_stats_and_interventions_outputs(study):
     workdir, _ = study
     head = json.loads((workdir / "results" / "stats" / "lab" / "en-us+f3" / "headline.json").read_text())
-    assert head["n_checkpoints"] == 4 and head["n_items"] == 8 and set(head["groups"]) == {"frozen", "full", "all"}
+    assert head["n_checkpoints"] == 4 and head["n_items"] == 8 and set(head["groups"]) == {"frozen", "full"}  # P1: per strategy
     out = workdir / "results" / "interventions" / "lab" / "en-us+f3"
     conditions = pd.read_csv(out / "conditions.csv")
     assert conditions["model"].nunique() == 4 and (conditions["n_items"] == 8).all()
     assert {"speech", "text", "calib-input", "calib-output", "redundancy-r8"} <= set(conditions["condition"])
+    controls = pd.read_csv(out / "controls.csv")
+    assert {"effect", "effect_ci_lo", "random_delta", "even_delta", "other_item_delta"} <= set(controls.columns)
+    stats = workdir / "results" / "stats" / "lab" / "en-us+f3"
+    findings = pd.read_csv(stats / "findings.csv")
+    assert {"claim", "control", "verdict", "n_items", "n_checkpoints"} <= set(findings.columns)
+    assert findings["source"].str.startswith("interventions").any() and findings["verdict"].notna().all()
+    assert pd.read_csv(stats / "logistic.csv")["cluster_unit"].eq("item").all()
     p1 = pd.read_csv(out / "p1_table.csv")
     assert list(p1.columns) == ["model", "text", "speech", "angle bottom-3", "angle all", "length bottom-3",
                                 "length all"] and len(p1) == 4
@@ -69,7 +76,7 @@ def test_stats_and_interventions_outputs(study):
 def test_figures_and_report(study, tmp_path):
     workdir, _ = study
     figures = sorted((workdir / "results" / "figures").rglob("*.png"))
-    assert len(figures) == 1 + 8 + 4 * 3 + 4 * 4  # accuracy; per voice; CKA per model; 2 items x 2 layers per model
+    assert len(figures) == 1 + 10 + 4 * 3 + 4 * 4  # accuracy; per voice; CKA per model; 2 items x 2 layers per model
     assert all(f.with_suffix(".pdf").is_file() for f in figures)
     report = tmp_path / "report.html"
     snakemake(workdir, "--report", str(report))
@@ -84,7 +91,7 @@ def test_figures_regenerate_with_plot_jobs_only(study):
         f.unlink()
     jobs = job_stats(snakemake(workdir, "figures").stdout)
     assert jobs and all(rule.startswith("plot_") or rule == "figures" for rule in jobs), jobs
-    assert len(list((workdir / "results" / "figures").rglob("*.png"))) == 1 + 8 + 4 * 3 + 4 * 4
+    assert len(list((workdir / "results" / "figures").rglob("*.png"))) == 1 + 10 + 4 * 3 + 4 * 4
 
 
 def test_plot_style_change_reruns_only_plots(study):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines, gap_scatter,
-               intervention_bars, item_distributions, layer_curves, path_stats, redundancy_curve, save,
-               similarity_heatmap)
+from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
+               edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
+               redundancy_curve, save, similarity_heatmap)
 
 FORMATS = ("png", "pdf")
 
@@ -76,10 +76,11 @@ def plot_heatmaps(npz: str | Path, model: str, layers: Sequence[int], outs: Sequ
 
 def plot_interventions(conditions_csv: str | Path, redundancy_csv: str | Path, out: Mapping[str, str | Path],
                        style: dict) -> None:
-    """Edit deltas, calibration and the redundancy curve (the redundancy table holds percent; figures take
-    fractions)."""
+    """Edit deltas, the layer sweep of the edits and their controls, calibration and the redundancy curve (the
+    redundancy table holds percent; figures take fractions)."""
     conditions = pd.read_csv(conditions_csv)
     redundancy = pd.read_csv(redundancy_csv)
     _save(intervention_bars(conditions, style=style), out["edits"])
+    _save(edit_layer_curves(conditions, style=style), out["edit_layers"])
     _save(calibration_bars(conditions, style=style), out["calibration"])
     _save(redundancy_curve(redundancy.assign(accuracy=redundancy["accuracy"] / 100), style=style), out["redundancy"])
