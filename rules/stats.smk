@@ -38,7 +38,7 @@ rule findings:
         summaries=expand(f"{METRICS}/summary.json", model=MODELS, allow_missing=True),
         fits=f"{STATS}/fits.csv",
         logistic=f"{STATS}/logistic.csv",
-        controls=lambda wc: [f"{INTERVENTIONS}/controls.csv".format(**wc)] if config["interventions"]["controls"] else [],
+        interventions=lambda wc: [f"{INTERVENTIONS}/{t}.csv".format(**wc) for t in ("controls", "conditions")],
     output:
         csv=f"{STATS}/findings.csv",
         markdown=report(f"{STATS}/findings.md", caption="../workflow/report/findings.rst", category="Findings"),

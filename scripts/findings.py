@@ -5,5 +5,6 @@ with logged(snakemake.log[0]):
     i, p = snakemake.input, snakemake.params
     metrics = {m: {"items": i.item_metrics[k], "cka": i.cka[k], "readouts": i.readouts[k], "summary": i.summaries[k]}
                for k, m in enumerate(p.models)}
-    run_findings(metrics, i.fits, i.logistic, i.controls[0] if i.controls else None, p.n_boot, p.seed,
+    interventions = dict(zip(("controls", "conditions"), i.interventions)) or None
+    run_findings(metrics, i.fits, i.logistic, interventions, p.n_boot, p.seed,
                  p.include_layer0, {"csv": snakemake.output.csv, "markdown": snakemake.output.markdown})

@@ -54,3 +54,20 @@ def test_fit_findings_print_the_floor():
     (row,) = findings.fit_findings(fits)
     assert row["verdict"] == "not significant; smallest attainable p 0.0833"
     assert "floor 0.0833" in row["control"] and row["value"] == 0.6
+
+
+def test_gap_and_condition_findings():
+    """Ten items, text right on all, speech on four: a 60-point gap; a calibration row keeps its points."""
+    rows = [{"model": "m", "id": f"q{i}", "layer": layer, "correct_S": int(i < 4), "correct_T": 1}
+            for i in range(10) for layer in (1, 2)]
+    (gap,) = findings.gap_findings(pd.DataFrame(rows), n_boot=200, seed=0)
+    assert gap["value"] == pytest.approx(60.0) and gap["n_items"] == 10 and gap["verdict"] == "above control"
+    conditions = pd.DataFrame([{"model": "m", "kind": "calibration", "condition": "calib-input", "n_items": 200,
+                                "accuracy": 0.285, "baseline_accuracy": 0.26, "delta": 2.5, "ci_lo": -5.3,
+                                "ci_hi": 10.3, "mcnemar_p": 0.61},
+                               {"model": "m", "kind": "edit", "condition": "angle all @0", "n_items": 200,
+                                "accuracy": 0.5, "baseline_accuracy": 0.26, "delta": 24.0, "ci_lo": 18.0,
+                                "ci_hi": 30.0, "mcnemar_p": 0.001}])
+    (calib,) = findings.condition_findings(conditions)
+    assert calib["value"] == 2.5 and calib["verdict"] == "indistinguishable from control"
+    assert "unedited speech on the same items (26.0)" in calib["control"]

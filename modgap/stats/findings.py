@@ -176,6 +176,46 @@ def edit_findings(controls: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def gap_findings(items: pd.DataFrame, n_boot: int, seed: int) -> list[dict]:
+    """Per checkpoint: the modality gap in points (text minus speech accuracy on the same items), item-bootstrap
+    interval; the control is no gap.
+
+    items: the metrics items tables (model, id, correct_S, correct_T; one row per layer, the answers repeat)."""
+    rows = []
+    for model, g in items.groupby("model", sort=False):
+        answers = g.groupby("id")[["correct_S", "correct_T"]].first()
+        per_item = 100.0 * (answers["correct_T"] - answers["correct_S"]).to_numpy(float)
+        lo, hi = item_bootstrap(per_item, n_boot, seed)
+        rows.append({
+            "claim": "the model answers worse from speech than from text (the modality gap)", "model": model,
+            "statistic": "gap, points (text minus speech accuracy)", "value": float(per_item.mean()), "ci_lo": lo,
+            "ci_hi": hi, "n_items": len(answers), "n_checkpoints": 1,
+            "control": f"text {100 * answers['correct_T'].mean():.1f}, speech {100 * answers['correct_S'].mean():.1f}"
+                       " (same items)",
+            "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": "metrics items.parquet",
+        })
+    return rows
+
+
+def condition_findings(conditions: pd.DataFrame) -> list[dict]:
+    """P2's calibration (speech vs unedited speech) and text redundancy (text vs plain text), per checkpoint and
+    condition: accuracy change with its paired interval and exact McNemar p.
+
+    conditions: the interventions stage's conditions.csv (model, kind, condition, n_items, accuracy,
+    baseline_accuracy as fractions; delta, ci_lo, ci_hi in points; mcnemar_p)."""
+    rows = []
+    for r in conditions[conditions["kind"].isin(["calibration", "redundancy"])].itertuples():
+        against = "unedited speech" if r.kind == "calibration" else "the plain text condition"
+        rows.append({
+            "claim": f"{r.condition} changes accuracy", "model": r.model,
+            "statistic": "accuracy change, points (paired)", "value": r.delta, "ci_lo": r.ci_lo,
+            "ci_hi": r.ci_hi, "n_items": r.n_items, "n_checkpoints": 1,
+            "control": f"{against} on the same items ({100 * r.baseline_accuracy:.1f}); McNemar p = {r.mcnemar_p:.3g}",
+            "control_value": 0.0, "verdict": interval_verdict(r.ci_lo, r.ci_hi), "source": "interventions conditions.csv",
+        })
+    return rows
+
+
 def findings_table(rows: list[dict]) -> pd.DataFrame:
     """The findings rows in `COLUMNS` order (one table for the README and the report)."""
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -108,21 +108,23 @@ def run_stats(tables: dict[str, str | Path], options: StatsOptions, include_laye
 
 
 def run_findings(metrics: dict[str, dict[str, str | Path]], fits: str | Path, logistic: str | Path,
-                 controls: str | Path | None, n_boot: int, seed: int, include_layer0: bool,
+                 interventions: dict[str, str | Path] | None, n_boot: int, seed: int, include_layer0: bool,
                  out: dict[str, str | Path]) -> pd.DataFrame:
     """Write the findings table (`out["csv"]`, `out["markdown"]`) from the stage tables: per model its metrics
     outputs (`metrics[model]` with keys items, cka, readouts, summary), the stats fits and logistic tables, and the
-    interventions' controls table when the study ran one."""
+    interventions' controls and conditions tables when the study ran them."""
     items = pd.concat([pd.read_parquet(m["items"]).assign(model=name) for name, m in metrics.items()],
                       ignore_index=True)
-    rows = findings.path_findings(items, n_boot, seed, first_layer=0 if include_layer0 else 1)
+    rows = findings.gap_findings(items, n_boot, seed)
+    rows += findings.path_findings(items, n_boot, seed, first_layer=0 if include_layer0 else 1)
     rows += findings.cka_findings({n: pd.read_parquet(m["cka"]) for n, m in metrics.items()},
                                   {n: pd.read_csv(m["readouts"]) for n, m in metrics.items()},
                                   {n: json.loads(Path(m["summary"]).read_text()) for n, m in metrics.items()})
     rows += findings.fit_findings(pd.read_csv(fits))
     rows += findings.logistic_findings(pd.read_csv(logistic))
-    if controls is not None:
-        rows += findings.edit_findings(pd.read_csv(controls))
+    if interventions is not None:
+        rows += findings.edit_findings(pd.read_csv(interventions["controls"]))
+        rows += findings.condition_findings(pd.read_csv(interventions["conditions"]))
     table = findings.findings_table(rows)
     write_csv(table, out["csv"])
     write_text(f"# Findings, each next to its control\n\n{to_markdown(table)}\n", out["markdown"])
