@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
@@ -42,3 +42,14 @@ def as_dict(options: Any) -> dict:
             return {k: plain(v) for k, v in x.items()}
         return x
     return plain(dataclasses.asdict(options))
+
+
+class StageOptions:
+    """Base of the stage options dataclasses; `section` names the config section they are built from."""
+
+    section: ClassVar[str]
+
+    @classmethod
+    def from_config(cls: type[T], section: Mapping[str, Any]) -> T:
+        """The options from their validated config section."""
+        return build(cls, section, cls.section)

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from modgap.options import build
+from modgap.options import StageOptions
 
 
 @dataclass(frozen=True)
-class InterventionsOptions:
+class InterventionsOptions(StageOptions):
     """Models to run (None = all); P1 edits: edited layers, ops, token selections ("bottom-k" takes `k`), the
     selection path's metric and layer (None = the edited layer), the controls every edit also runs under and their
     seed; P2: calibration sites, statistics mode and the calib items they are fitted on, text-redundancy factors;
     items per forward."""
+
+    section: ClassVar[str] = "interventions"
 
     models: tuple[str, ...] | None
     layers: tuple[int | str, ...]
@@ -28,6 +31,3 @@ class InterventionsOptions:
     redundancy: tuple[int, ...]
     batch_items: int
 
-    @classmethod
-    def from_config(cls, section: dict) -> InterventionsOptions:
-        return build(cls, section, "interventions")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from modgap.options import build
+from modgap.options import StageOptions
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,12 @@ class CKAOptions:
 
 
 @dataclass(frozen=True)
-class MetricsOptions:
+class MetricsOptions(StageOptions):
+    """Where metrics run, layer 0 in averages, the word timings taken as truth, items per batched DTW, the post-norm
+    last state, the seed of every random control, and the DTW and CKA choices."""
+
+    section: ClassVar[str] = "metrics"
+
     device: str
     include_layer0: bool
     truth: str
@@ -40,6 +46,3 @@ class MetricsOptions:
     pairs: str
     cka: CKAOptions
 
-    @classmethod
-    def from_config(cls, section: dict) -> MetricsOptions:
-        return build(cls, section, "metrics")

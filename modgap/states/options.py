@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-from modgap.options import build
+from modgap.options import StageOptions
 
 
 @dataclass(frozen=True)
-class StatesOptions:
+class StatesOptions(StageOptions):
     """datasets (None = all), layers ("all" or layer indices, 0 = input embeddings), store dtype, optional BitRound
     bits, option-score normalisation, items per shard and per forward, an item cap, and the readouts to run."""
+
+    section: ClassVar[str] = "states"
 
     datasets: tuple[str, ...] | None
     layers: Literal["all"] | tuple[int, ...]
@@ -22,9 +24,6 @@ class StatesOptions:
     max_items: int | None
     readouts: tuple[str, ...]
 
-    @classmethod
-    def from_config(cls, section: dict) -> StatesOptions:
-        return build(cls, section, "states")
 
     def stored_layers(self, n_layers: int) -> list[int]:
         """The layers dumped for a model with `n_layers` decoder blocks; ValueError naming the key otherwise."""
