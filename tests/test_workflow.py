@@ -121,7 +121,7 @@ def test_tts_change_reruns_only_what_depends_on_it(study):
     assert jobs == {
         "corpus_speech": 1, "corpus_align": 1, "corpus_summary": 1, "lab_score": 1,
         "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "metrics": 4, "metrics_heatmaps": 4, "stats": 1,
-        "interventions_shard": 8, "interventions": 1, "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1,
+        "findings": 1, "interventions_shard": 8, "interventions": 1, "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1,
         "plot_cka": 4, "plot_heatmaps": 4, "plot_interventions": 1, "all": 1,
     }
 
@@ -133,7 +133,7 @@ def test_metric_option_change_reruns_metrics_not_states(study):
         jobs = planned_jobs(workdir)
     finally:
         write_config(workdir, config)
-    assert jobs == {"metrics": 4, "stats": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "all": 1}
+    assert jobs == {"metrics": 4, "stats": 1, "findings": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "all": 1}
 
 
 def test_bad_config_fails_in_one_line_naming_the_key(study, tmp_path):

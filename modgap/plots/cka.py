@@ -90,10 +90,9 @@ def cka_heatmap(cka: pd.DataFrame, readouts: pd.DataFrame, config: str, estimato
         image = draw_cka(axes[0], cka, readouts, config, estimator)
         axes[0].set_title(f"a  {config}, {estimator}{tau}", loc="left")
         draw_cka(axes[1], cka, readouts, config, estimator, "cka_excess")
-        boot = (f"; best match kept in {agreement.min():.0%}–{agreement.max():.0%} of item resamples"
-                if len(agreement) else "")
-        axes[1].set_title(f"b  minus the permutation null{boot}", loc="left", fontsize="small")
-        fig.colorbar(image, ax=axes.tolist(), label="Linear CKA", shrink=0.85)
+        boot = f"; best match kept in {agreement.min():.0%}–{agreement.max():.0%}" if len(agreement) else ""
+        axes[1].set_title(f"b  minus null mean{boot}", loc="left", fontsize="small")
+        fig.colorbar(image, ax=axes.tolist(), label="Linear CKA", shrink=0.85, pad=0.08)
         figure_legend(fig, legend_handles(), where="top")
     return fig
 
