@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 Style = Literal["letter", "cloze"]
+Task = Literal["mc", "refusal", "ifeval", "qa"]
 LETTERS = "ABCDEFGHIJ"
+TASKS = ("mc", "refusal", "ifeval", "qa")
+OPEN_TASKS = ("refusal", "ifeval", "qa")  # scored from a generated answer, not from options
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 
 
@@ -18,7 +21,12 @@ class ItemError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One multiple-choice question. `answer` indexes `choices`; `audio` is an existing recording."""
+    """One benchmark question. `audio` is an existing recording.
+
+    task "mc": multiple choice, `answer` indexes `choices`. Open tasks (`OPEN_TASKS`) have no choices (answer -1) and
+    are scored from a generated answer: "refusal" (AdvBench: should the model refuse), "ifeval" (meta holds
+    `instruction_id_list` and `kwargs`), "qa" (meta holds `references`, the accepted answers).
+    """
 
     id: str
     subject: str
@@ -27,6 +35,7 @@ class Item:
     answer: int
     audio: str | None = None
     meta: dict = field(default_factory=dict)
+    task: Task = "mc"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -34,6 +43,8 @@ class Item:
             del d["audio"]
         if not d["meta"]:
             del d["meta"]
+        if d["task"] == "mc":
+            del d["task"]
         return d
 
 
@@ -43,7 +54,7 @@ def item_from_dict(d: dict, where: str = "") -> Item:
     missing = [k for k in ("id", "subject", "question", "choices", "answer") if k not in d]
     if missing:
         raise ItemError(f"item {name}: missing field(s) {', '.join(missing)}")
-    unknown = set(d) - {"id", "subject", "question", "choices", "answer", "audio", "meta"}
+    unknown = set(d) - {"id", "subject", "question", "choices", "answer", "audio", "meta", "task"}
     if unknown:
         raise ItemError(f"item {name}: unknown field(s) {', '.join(sorted(unknown))}")
     item = Item(
@@ -54,6 +65,7 @@ def item_from_dict(d: dict, where: str = "") -> Item:
         answer=d["answer"],
         audio=d.get("audio"),
         meta=dict(d.get("meta") or {}),
+        task=d.get("task", "mc"),
     )
     validate_item(item)
     return item
@@ -61,6 +73,14 @@ def item_from_dict(d: dict, where: str = "") -> Item:
 
 def validate_item(item: Item) -> None:
     """Raise ItemError naming the item when it cannot be asked or scored."""
+    if item.task not in TASKS:
+        raise ItemError(f"item {item.id}: unknown task {item.task!r} (known: {', '.join(TASKS)})")
+    if not words_of(item.question):
+        raise ItemError(f"item {item.id}: question has no speakable words")
+    if item.task in OPEN_TASKS:
+        if item.choices or item.answer != -1:
+            raise ItemError(f"item {item.id}: an open task ({item.task}) has no choices and answer -1")
+        return
     if not 2 <= len(item.choices) <= len(LETTERS):
         raise ItemError(f"item {item.id}: needs 2..{len(LETTERS)} choices, has {len(item.choices)}")
     if isinstance(item.answer, bool) or not isinstance(item.answer, int):
@@ -69,8 +89,6 @@ def validate_item(item: Item) -> None:
         raise ItemError(
             f"item {item.id}: answer index {item.answer} out of range for {len(item.choices)} choices"
         )
-    if not words_of(item.question):
-        raise ItemError(f"item {item.id}: question has no speakable words")
     for k, c in enumerate(item.choices):
         if not words_of(c):
             raise ItemError(f"item {item.id}: choice {LETTERS[k]} has no speakable words")
@@ -84,10 +102,11 @@ def words_of(text: str) -> list[str]:
 def spoken_text(item: Item, style: Style) -> str:
     """Exactly the words the S condition speaks and the T condition reads.
 
-    cloze: the question only. letter: the question, then "A, <choice>; B, <choice>; ...".
+    cloze: the question only. letter: the question, then "A, <choice>; B, <choice>; ...". An open task speaks its
+    question only, whatever the style.
     """
     q = item.question.strip()
-    if style == "cloze":
+    if style == "cloze" or item.task in OPEN_TASKS:
         return q
     if style == "letter":
         opts = "; ".join(f"{LETTERS[k]}, {c.strip()}" for k, c in enumerate(item.choices))

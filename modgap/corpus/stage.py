@@ -105,6 +105,8 @@ def synthesize_split(
             "question": [it.question for it in items],
             "choices": [it.choices for it in items],
             "answer": [it.answer for it in items],
+            "task": [it.task for it in items],
+            "meta": [json.dumps(it.meta, sort_keys=True) for it in items],
             "style": style,
             "text": texts,
             "words": [words_of(t) for t in texts],

@@ -7,6 +7,7 @@ corpus stage with a reason and are never returned.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,14 @@ def read_rows(table: str | Path | pd.DataFrame, truth: str = "corpus") -> list[R
         raise ValueError(f"unknown word timings {truth!r} (known: {', '.join(TRUTH_COLUMNS)})")
     frame = usable(read_table(table))
     timed = TRUTH_COLUMNS[truth][0] in frame.columns
-    return [Row(Item(r.id, r.subject, r.question, list(r.choices), int(r.answer)), r.audio,
-                spans_of(r, truth) if timed else None) for r in frame.itertuples()]
+    return [Row(_item(r), r.audio, spans_of(r, truth) if timed else None) for r in frame.itertuples()]
+
+
+def _item(row) -> Item:
+    """The item of one table row (tables written before `task` and `meta` were columns read as multiple choice)."""
+    meta = getattr(row, "meta", None)
+    return Item(row.id, row.subject, row.question, list(row.choices), int(row.answer),
+                meta=json.loads(meta) if meta else {}, task=getattr(row, "task", "mc"))
 
 
 def table_style(table: str | Path | pd.DataFrame) -> str:
