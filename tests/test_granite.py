@@ -3,12 +3,13 @@ loaded as the released checkpoints ship it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import tiny_models as tiny
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import GraniteForCausalLM
 
 from modgap.corpus.items import Item
@@ -123,3 +124,19 @@ def test_missing_lora_files_fail_clearly(tmp_path, tok):
     (path / "config.json").write_text(json.dumps({**config, "has_lora_adapter": True}))
     with pytest.raises(ValueError, match="sets has_lora_adapter but holds no audio LoRA adapter"):
         load_adapter("granite_speech", path, device="cpu")
+
+
+def test_lora_saved_under_the_old_module_layout_loads_the_same(with_lora, tmp_path):
+    """An adapter saved with transformers 4.x module names (`language_model.model.layers...`, the layout the
+    checkpoints were released with) is renamed on load by transformers' conversion mapping."""
+    shutil.copytree(with_lora.path, tmp_path, dirs_exist_ok=True)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    old = {k.replace("base_model.model.model.language_model.", "base_model.model.language_model.model."): v
+           for k, v in saved.items()}
+    assert old.keys() != saved.keys()
+    save_file(old, tmp_path / "adapter_model.safetensors", metadata={"format": "pt"})
+    a = load_adapter("granite_speech", tmp_path, device="cpu")
+    lora = {n: w for n, w in with_lora.model.named_parameters() if "lora" in n}
+    assert lora.keys() == {n for n, _ in a.model.named_parameters() if "lora" in n}
+    for name, weight in lora.items():
+        torch.testing.assert_close(a.model.get_parameter(name), weight)
