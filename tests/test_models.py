@@ -170,7 +170,9 @@ def test_layer0_over_the_speech_span_is_the_projected_audio(family, adapters, in
 
 
 def slow_logliks(a, x, item, style) -> np.ndarray:
-    """Independent reference: one full forward of prompt + option per option, summing the option's log-probs."""
+    """Independent reference: one full forward of prompt + option per option, summing the option's log-probs (of
+    the logits divided by Granite's logits_scaling, as GraniteForCausalLM does)."""
+    scale = getattr(a.model.config.get_text_config(), "logits_scaling", 1.0)
     out = []
     for text in option_texts(item, style):
         opt = torch.tensor([a.tokenizer(text, add_special_tokens=False)["input_ids"]])
@@ -178,7 +180,7 @@ def slow_logliks(a, x, item, style) -> np.ndarray:
         extra = {k: v for k, v in x.model_inputs.items() if k not in ("input_ids", "attention_mask")}
         with torch.no_grad():
             logits = a.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0]
-        logp = torch.log_softmax(logits.double(), -1)
+        logp = torch.log_softmax(logits.double() / scale, -1)
         p = x.model_inputs["input_ids"].shape[1]
         out.append(sum(float(logp[p - 1 + i, t]) for i, t in enumerate(opt[0])))
     return np.array(out)
@@ -414,10 +416,8 @@ def test_granite_readout_divides_by_logits_scaling(tmp_path, tok):
     """With the released checkpoints' logits_scaling 8, the readout equals GraniteForCausalLM on the same LM."""
     from transformers import GraniteForCausalLM
 
-    path = tiny.build_granite(tmp_path, tok)
-    model = load_adapter("granite_speech", str(path), device="cpu").model
-    model.config.text_config.logits_scaling = 8.0
-    a = FAMILIES["granite_speech"](str(path), model, tok, "reject", Prompt())
+    a = load_adapter("granite_speech", str(tiny.build_granite(tmp_path, tok)), device="cpu")
+    model = a.model
     lm = GraniteForCausalLM(model.config.text_config).eval()
     lm.model.load_state_dict(model.model.language_model.state_dict())
     lm.lm_head.load_state_dict(model.lm_head.state_dict())

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GraniteSpeechConfig,
@@ -161,11 +162,22 @@ GRANITE_FEATURES = {  # ibm-granite/granite-speech-3.3 preprocessor_config.json 
 }
 
 
+# granite-3.3-2b-instruct's multipliers, the LLM of granite-speech-3.3-2b (the 8b LLMs of Granite 3.x use
+# attention_multiplier 0.0078125 and logits_scaling 16).
+GRANITE_MULTIPLIERS = dict(
+    embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=8.0
+)
+# The audio LoRA as the model card describes it: rank 64 on the LLM's query and value projections.
+GRANITE_LORA = dict(r=64, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+
+
 def build_granite(out: Path, tok: PreTrainedTokenizerFast) -> Path:
     """Granite-Speech without a LoRA adapter; its feature-extractor config is written as JSON (needs no torchaudio)."""
     torch.manual_seed(0)
     config = GraniteSpeechConfig(
-        text_config=dict(model_type="granite", vocab_size=len(tok), max_position_embeddings=512, **TEXT),
+        text_config=dict(
+            model_type="granite", vocab_size=len(tok), max_position_embeddings=512, **GRANITE_MULTIPLIERS, **TEXT
+        ),
         encoder_config=dict(
             input_dim=160, num_layers=2, hidden_dim=32, feedforward_mult=2, num_heads=2, output_dim=8,
             context_size=20, max_pos_emb=32, conv_kernel_size=3,
@@ -181,6 +193,22 @@ def build_granite(out: Path, tok: PreTrainedTokenizerFast) -> Path:
     (out / "preprocessor_config.json").write_text(json.dumps(GRANITE_FEATURES))
     _with_template(tok, GRANITE_TEMPLATE).save_pretrained(out)
     return _save(GraniteSpeechForConditionalGeneration(config), out)
+
+
+def build_granite_with_lora(out: Path, tok: PreTrainedTokenizerFast) -> Path:
+    """`build_granite` with `has_lora_adapter` and a random non-zero audio LoRA saved by peft next to the weights
+    (adapter_config.json, adapter_model.safetensors), as the released checkpoints ship it."""
+    build_granite(out, tok)
+    model = GraniteSpeechForConditionalGeneration.from_pretrained(out)
+    model.config.has_lora_adapter = True
+    model.save_pretrained(out)
+    torch.manual_seed(1)
+    lora = get_peft_model(model, LoraConfig(**GRANITE_LORA))
+    for name, weight in lora.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (an adapter that changes nothing)
+            torch.nn.init.normal_(weight, std=0.5)
+    lora.save_pretrained(out)
+    return out
 
 
 BUILDERS = {

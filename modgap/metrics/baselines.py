@@ -2,11 +2,12 @@
 the learned path's lift over them, classical min-cost DTW next to P2's max-similarity DTW, and true-word pairs.
 
 Conventions (as `truth.py`): speech position k of an item covers `speech_times_ms[k] = [k, k+1) * ms_per_position`
-(40 ms for Qwen2-Audio, Qwen2.5-Omni and the lab model; `SpeechLM.position_times_ms` gives it per family); a text
-token j belongs to word `text_words[j]` (-1: none) with true span `word_spans_ms[w] = [start, end)`. "Inside" is
-truth.py's: the position's *centre* lies in the word span. A path is `[..., Tt]` long, one speech index per text
-token (leading dims: layers, draws); a pair list is `[K, 2]` long rows (i, j), the format of a DTW path, which
-`dtw.aligned_pairs` turns into CKA/moment rows.
+(40 ms for Qwen2-Audio, Qwen2.5-Omni and the lab model; `SpeechLM.position_times_ms` gives it per family, where
+the 3 positions of a Granite projector block share the block's 300 ms); a text token j belongs to word
+`text_words[j]` (-1: none) with true span `word_spans_ms[w] = [start, end)`. "Inside" is truth.py's: the position's
+*centre* lies in the word span. A path is `[..., Tt]` long, one speech index per text token (leading dims: layers,
+draws); a pair list is `[K, 2]` long rows (i, j), the format of a DTW path, which `dtw.aligned_pairs` turns into
+CKA/moment rows.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .truth import argmax_path_truth, true_positions
 
 def position_times_ms(n_positions: int, ms_per_position: float = 40.0) -> Tensor:
     """`[Ts, 2]` float64 start and end of each speech position: position k covers [k, k+1) * ms_per_position
-    (the rule of `SpeechLM.position_times_ms`, here without a model)."""
+    (the default rule of `SpeechLM.position_times_ms`, here without a model)."""
     k = torch.arange(n_positions, dtype=torch.float64)[:, None]
     return torch.cat([k, k + 1], 1) * ms_per_position
 

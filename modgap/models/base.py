@@ -166,8 +166,15 @@ class SpeechLM:
 
     @property
     def ms_per_position(self) -> float:
-        """Milliseconds of audio per LLM audio position: position k covers [k, k+1) * ms_per_position."""
+        """Milliseconds of audio per LLM audio position (1000 / positions per second); by default position k covers
+        [k, k+1) * ms_per_position (see `position_times_ms`)."""
         raise NotImplementedError
+
+    @property
+    def time_resolution_ms(self) -> float:
+        """Length of the audio interval one position stands for (`position_times_ms`): ms_per_position, unless a
+        group of positions shares one interval (Granite's projector blocks)."""
+        return self.ms_per_position
 
     def _audio(self, wave: np.ndarray) -> AudioInputs:
         """Audio kwargs for the model and position counts of a 16 kHz waveform (already length-checked)."""
@@ -342,7 +349,7 @@ class SpeechLM:
         kwargs, pads = self._batch(inputs)
         with self._condition(inputs[0].condition):
             out = self.model(**kwargs, use_cache=True, output_hidden_states=hidden)
-        logprobs = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B, V]
+        logprobs = self._logprobs(out.logits[:, -1])  # [B, V]
         results = []
         for r, (x, pad) in enumerate(zip(inputs, pads)):
             states = None
@@ -407,8 +414,13 @@ class SpeechLM:
                 position_ids=(p + torch.arange(width)).expand(k, width).to(self.device),
                 past_key_values=cache, use_cache=True,
             ).logits
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, target.to(self.device)[..., None])[..., 0]
+        logp = self._logprobs(logits).gather(-1, target.to(self.device)[..., None])[..., 0]
         return first + (logp * valid.to(self.device)).sum(-1).double().cpu().numpy()
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., V] float32 log-probs of the head's logits [..., V] as `model(...).logits` returns them, divided by
+        `logits_scaling` first (Granite's forward leaves that division out)."""
+        return torch.log_softmax(logits.float() / self.logits_scaling, -1)
 
     def score(self, inputs: Inputs, item: Item, style: Style, norm: Norm = "none") -> Scores:
         """Option log-likelihoods of `item` after the prompt (one prefill, then all options batched)."""
@@ -425,10 +437,18 @@ class SpeechLM:
 
     @torch.no_grad()
     def generate(self, inputs: Inputs, max_new_tokens: int = 32) -> str:
-        """Greedy continuation of the prompt, decoded without special tokens."""
+        """Greedy continuation of the prompt, decoded without special tokens.
+
+        Runs on the unscaled logits of `model.generate`: greedy argmax is the same after dividing by a positive
+        `logits_scaling`, but sampling temperature or logit penalties would not be.
+        """
         with self._condition(inputs.condition):
-            out = self.model.generate(**self._model_inputs(inputs), max_new_tokens=max_new_tokens, do_sample=False)
+            out = self._generate_ids(self._model_inputs(inputs), max_new_tokens)
         return self.tokenizer.decode(out[0, inputs.model_inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    def _generate_ids(self, model_inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        """[1, T + new] greedy token ids of the model's own `generate`."""
+        return self.model.generate(**model_inputs, max_new_tokens=max_new_tokens, do_sample=False)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""Granite-Speech: 80-bin log-mel stacked in frame pairs, a Q-Former projector, 100 ms per audio position.
+"""Granite-Speech: 80-bin log-mel stacked in frame pairs, a Q-Former projector, 10 positions/s in 300 ms blocks.
 
 GraniteSpeechFeatureExtractor needs torchaudio, which is not installed; `log_mel` recomputes its features with
 transformers' numpy audio utilities (torchaudio MelSpectrogram defaults: periodic Hann window of `win_length` centred
 in `n_fft`, centred reflect-padded frames, power spectrum, HTK mel scale without norm), then applies the extractor's own
-post-processing. Positions: the projector turns each block of `window_size` (15) encoder frames (2 mel frames each)
-into `window_size // downsample_rate` (3) queries, i.e. 5 encoder frames = 100 ms per position. The conformer has no
-fixed input length, so there is no window.
+post-processing. Positions: the projector turns each block of `window_size` (15) encoder frames (2 mel frames each,
+20 ms) into `window_size // downsample_rate` (3) queries that all attend to the whole block, so the 3 positions of a
+block share its 300 ms interval (`position_times_ms`, `time_resolution_ms`) although there are 100 ms of audio per
+position on average. The conformer has no fixed input length, so there is no window.
 
-Granite-Speech checkpoints carry a LoRA adapter meant only for audio inputs (needs peft): it is switched on for S and
-off for T, like the model's own `generate`.
+Granite-Speech checkpoints ship a LoRA adapter meant only for audio inputs as a peft adapter in the model folder
+(adapter_config.json, adapter_model.safetensors), which `from_pretrained` loads (transformers' PEFT integration). It is
+switched on for S and off for T, as the model's own `generate` does, but through peft's layers: transformers'
+`enable_adapters` / `disable_adapters` need peft >= 0.22.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from transformers import GraniteSpeechForConditionalGeneration
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import GenerationMixin, GraniteSpeechForConditionalGeneration
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 
@@ -56,27 +60,47 @@ class GraniteSpeech(SpeechLM):
         self.hop = self.features.get("hop_length", 160)
         config = self.model.config
         if config.has_lora_adapter and not self.model._hf_peft_config_loaded:
-            raise ValueError(f"{self.family}: {self.path} expects a LoRA adapter for audio inputs but none was loaded "
-                             "(is peft installed?)")
-        self.encoder_frames_per_position = config.window_size / (config.window_size // config.downsample_rate)
+            raise ValueError(f"{self.family}: {self.path} sets has_lora_adapter but holds no audio LoRA adapter "
+                             "(adapter_config.json and adapter_model.safetensors)")
+        self.lora_layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        self.queries_per_block = config.window_size // config.downsample_rate
 
     @property
     def window_samples(self) -> None:
         return None
 
     @property
+    def block_ms(self) -> float:
+        """Audio in one projector block: `window_size` encoder frames of 2 mel hops."""
+        return 1000 * 2 * self.hop / SAMPLE_RATE * self.model.config.window_size
+
+    @property
     def ms_per_position(self) -> float:
-        return 1000 * 2 * self.hop / SAMPLE_RATE * self.encoder_frames_per_position
+        return self.block_ms / self.queries_per_block
+
+    @property
+    def time_resolution_ms(self) -> float:
+        return self.block_ms
+
+    def position_times_ms(self, n_positions: int) -> np.ndarray:
+        """[n, 2] start and end (ms) of each audio position: its projector block's interval."""
+        block = np.arange(n_positions, dtype=np.float64)[:, None] // self.queries_per_block
+        return np.concatenate([block, block + 1], axis=1) * self.block_ms
 
     def _audio(self, wave: np.ndarray) -> AudioInputs:
         # GraniteSpeechFeatureExtractor._get_num_audio_features: whole projector blocks of window_size encoder frames
         window = self.model.config.window_size
         encoder_frames = (wave.size // self.hop + 1) // 2
-        n = math.ceil(encoder_frames / window) * (window // self.model.config.downsample_rate)
+        n = math.ceil(encoder_frames / window) * self.queries_per_block
         return AudioInputs({"input_features": log_mel(wave, self.features)}, n, n)
 
     @contextmanager
     def _condition(self, condition: Condition) -> Iterator[None]:
-        if self.model._hf_peft_config_loaded:
-            (self.model.enable_adapters if condition == "S" else self.model.disable_adapters)()
+        for layer in self.lora_layers:
+            layer.enable_adapters(condition == "S")
         yield
+
+    def _generate_ids(self, model_inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        """Plain `GenerationMixin.generate`: the model's override only switches the adapter (as `_condition` has),
+        with transformers' PEFT calls that need peft >= 0.22."""
+        return GenerationMixin.generate(self.model, **model_inputs, max_new_tokens=max_new_tokens, do_sample=False)
