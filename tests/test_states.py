@@ -44,7 +44,7 @@ def test_store_holds_span_states_scores_and_word_indices(setup, tmp_path):
     r = StoreReader(tmp_path / "s.zarr")
     assert r.items == [row.id for row in rows] and r.layers == [0, 2]
     item, spans = rows[1].item, rows[1].spans
-    inputs = adapter.speech_inputs(item, rows[1].wave(), spans)
+    inputs = adapter.speech_inputs(item, rows[1].wave(), "cloze", spans)
     direct = adapter.model(**adapter._model_inputs(inputs), output_hidden_states=True).hidden_states
     expect = torch.stack([direct[l][0, inputs.span] for l in (0, 2)]).to(torch.float16)
     assert torch.equal(r.hidden("S", 1), expect)
