@@ -97,6 +97,31 @@ def test_batched_dump_equals_one_item_at_a_time(setup, tmp_path):
     pd.testing.assert_frame_equal(one.items_table(), four.items_table())
 
 
+def test_store_fingerprint_holds_the_rendered_prompts(setup, tmp_path, monkeypatch):
+    """run_shard's config hash moves with the system prompt, instruction and cue, and with the rendered prompt ids
+    alone (a chat template or tokenizer change), so a dump never resumes onto items asked another way."""
+    from modgap.models.base import SpeechLM
+    from modgap.plan import ModelRun
+    from modgap.states.stage import run_shard
+
+    tmp, _, _ = setup
+    spec = spec_of(layers=[0], max_items=1)
+
+    def config_hash(name, **prompt):
+        run = ModelRun("tiny", "qwen2_audio", str(tmp / "model"), device="cpu", **prompt)
+        run_shard(run, tmp / "items.parquet", 0, spec, tmp_path / f"{name}.zarr")
+        return StoreReader(tmp_path / f"{name}.zarr").manifest["config_hash"]
+
+    bare = config_hash("bare")
+    assert config_hash("again") == bare
+    changed = [config_hash("system", system="Be brief."), config_hash("cue", cue="The answer is"),
+               config_hash("instruction", instruction={"cloze": "\nAnswer in one word."})]
+    assert len({bare, *changed}) == 4
+    real = SpeechLM.prompt_ids
+    monkeypatch.setattr(SpeechLM, "prompt_ids", lambda self, style: {**real(self, style), "T": [0]})
+    assert config_hash("template") != bare
+
+
 def test_bad_layer_and_empty_shard(setup, tmp_path):
     _, rows, adapter = setup
     with pytest.raises(ValueError, match=r"states.layers: \[9\] out of range"):

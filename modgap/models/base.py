@@ -386,10 +386,12 @@ class SpeechLM:
         """The model's forward of `kwargs` with a KV cache (and every hidden state with `hidden`), its logits [B, 1, V]
         at the last position only, as `logits_to_keep=1` gives them: the multimodal base model, then the head on its
         last final state. Qwen2-Audio's and the Qwen2.5-Omni thinker's forwards take no `logits_to_keep` and would
-        project every position ([B, T, V] floats: gigabytes for a 7B vocabulary and long audio)."""
+        project every position ([B, T, V] floats: gigabytes for a 7B vocabulary and long audio). Logits and hidden
+        states come back on `device`, as the top model's forward returns them under a `device_map`."""
         base = self.model.model(**kwargs, use_cache=True, output_hidden_states=hidden)
-        logits = self.model.lm_head(base.last_hidden_state[:, -1:])
-        return CausalLMOutputWithPast(logits=logits, cache=base.cache, hidden_states=base.hidden_states)
+        logits = self.model.lm_head(base.last_hidden_state[:, -1:]).to(self.device)
+        states = tuple(h.to(self.device) for h in base.hidden_states) if hidden else None
+        return CausalLMOutputWithPast(logits=logits, cache=base.cache, hidden_states=states)
 
     def _batch(self, inputs: list[Inputs]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Left-padded model kwargs of `inputs` on the model's device (input_ids, attention_mask, position_ids [B, T]
