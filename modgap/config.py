@@ -11,6 +11,7 @@ from jsonschema.exceptions import best_match
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 FILE_SOURCES = {"jsonl", "voicebench", "speechmmlu"}
 NATIVE_SOURCES = {"voicebench", "speechmmlu"}
+PROMPT_KEYS = ("system", "instruction", "cue")  # a model entry's own prompt keys, overriding `prompts.<family>`
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,9 @@ def _check_model(name: str, spec: dict, lab_strategies: list[str]) -> None:
     if "lab" in spec:
         if "path" in spec:
             raise ConfigError(f"config key {key}.path: not used with `lab` (checkpoints come from the lab stage)")
+        if prompt := [k for k in PROMPT_KEYS if k in spec]:
+            raise ConfigError(f"config key {key}.{prompt[0]}: not used with `lab` (the lab model is trained and "
+                              "asked with the bare chat template)")
         if missing := sorted(set(spec["lab"]) - set(lab_strategies)):
             raise ConfigError(f"config key {key}.lab: strategies {missing} are not in lab.strategies")
     elif "path" not in spec:

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from modgap.checkpoints import parse_model
+from modgap.config import PROMPT_KEYS
 from modgap.paths import LAB, SHIPPED
 
 
 @dataclass(frozen=True)
 class ModelRun:
-    """One model the workflow runs: a config entry, or one lab checkpoint of an entry with `lab`."""
+    """One model the workflow runs: a config entry, or one lab checkpoint of an entry with `lab`.
+
+    system, instruction ({style: text or None}) and cue: what surrounds the question (`modgap.models.Prompt`); the
+    bare chat template when left out, as the lab model is trained.
+    """
 
     name: str
     family: str
@@ -24,20 +29,26 @@ class ModelRun:
     attn_implementation: str | None = None
     long_audio: str = "reject"
     lab_strategy: str | None = None
+    device_map: str | None = None
+    system: str | None = None
+    instruction: dict[str, str | None] = field(default_factory=dict)
+    cue: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def expand_models(models: dict, lab_checkpoints: dict[str, str]) -> dict[str, ModelRun]:
+def expand_models(models: dict, prompts: dict, lab_checkpoints: dict[str, str]) -> dict[str, ModelRun]:
     """{name: ModelRun} of a validated `models` config. An entry with `lab: [strategies]` becomes every checkpoint
-    `lab-<strategy>@step<N>` of those strategies (`lab_checkpoints` maps such names to folders); any other entry is
-    one run named by its key."""
+    `lab-<strategy>@step<N>` of those strategies (`lab_checkpoints` maps such names to folders), asked with the bare
+    prompt it is trained on; any other entry is one run named by its key, asked with its family's prompt
+    (`prompts[family]`) where it sets no system, instruction or cue of its own."""
     runs: dict[str, ModelRun] = {}
     for key, spec in models.items():
-        options = {k: spec[k] for k in ("family", "dtype", "device", "attn_implementation", "long_audio")}
+        options = {k: spec[k] for k in ("family", "dtype", "device", "attn_implementation", "long_audio", "device_map")}
         if "lab" not in spec:
-            runs[key] = ModelRun(key, path=spec["path"], **options)
+            prompt = {k: spec.get(k, prompts[spec["family"]][k]) for k in PROMPT_KEYS}
+            runs[key] = ModelRun(key, path=spec["path"], **options, **prompt)
             continue
         for name, folder in lab_checkpoints.items():
             strategy = parse_model(name).strategy

@@ -4,7 +4,7 @@ import sys
 
 from modgap.plan import expand_models, storage_report
 
-MODELS = expand_models(config["models"], LAB_PLAN.checkpoints)
+MODELS = expand_models(config["models"], config["prompts"], LAB_PLAN.checkpoints)
 STATES = "results/states/{model}/{dataset}/{voice}"
 
 

@@ -83,7 +83,7 @@ def granite(tmp_path_factory):
 
 
 def speech(adapter, rows):
-    return [spine.speech_inputs(adapter, r) for r in rows]
+    return [spine.speech_inputs(adapter, r, STYLE) for r in rows]
 
 
 def prefill_edited(adapter, inputs, layer, edits):
@@ -378,7 +378,7 @@ def test_driver_edit_equals_an_independent_recomputation(setup, table):
     """angle bottom-3 at layer 0 for one item: states from `prefill(hidden=True)`, own cosine path, own torch hook."""
     adapter, rows, _ = setup
     item = rows[3].item
-    x = spine.speech_inputs(adapter, rows[3])
+    x = spine.speech_inputs(adapter, rows[3], STYLE)
     hs = adapter.prefill(x, hidden=True).hidden[0].double()
     ht = adapter.prefill(adapter.text_inputs(item, STYLE), hidden=True).hidden[0].double()
     cos = torch.nn.functional.normalize(hs, dim=-1) @ torch.nn.functional.normalize(ht, dim=-1).T  # [Ts, Tt]

@@ -56,7 +56,7 @@ def adapters(paths):
 def inputs(adapters):
     """Per family: S (1.3 s) and T inputs of ITEM in both styles."""
     return {
-        f: {"S": a.speech_inputs(ITEM, wave(SECONDS)), "letter": a.text_inputs(ITEM, "letter"),
+        f: {"S": a.speech_inputs(ITEM, wave(SECONDS), "cloze"), "letter": a.text_inputs(ITEM, "letter"),
             "cloze": a.text_inputs(ITEM, "cloze")}
         for f, a in adapters.items()
     }
@@ -122,7 +122,7 @@ def test_voxtral_features_equal_its_processor(paths, tok):
         [w], a.window_frames, sampling_rate=16000, padding=True, truncation=False,
         pad_to_multiple_of=a.window_samples, return_tensors="pt",
     )
-    assert torch.equal(a.speech_inputs(ITEM, w).model_inputs["input_features"], ref)
+    assert torch.equal(a.speech_inputs(ITEM, w, "cloze").model_inputs["input_features"], ref)
 
 
 def torchaudio_log_mel(w: np.ndarray) -> torch.Tensor:
@@ -217,7 +217,7 @@ BATCH = [
 @pytest.mark.parametrize("condition", ["S", "T"])
 def test_batched_prefill_equals_unbatched(family, condition, adapters):
     a = adapters[family]
-    xs = [a.speech_inputs(it, wave(sec, seed=k)) if condition == "S" else a.text_inputs(it, "cloze")
+    xs = [a.speech_inputs(it, wave(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
           for k, (it, sec) in enumerate(BATCH)]
     assert len({len(x.span) for x in xs}) == len(xs)  # Voxtral S pads each to whole windows, all others left-pad
     for b, x, (it, _) in zip(a.prefill_batch(xs, hidden=True), xs, BATCH):
@@ -228,7 +228,7 @@ def test_batched_prefill_equals_unbatched(family, condition, adapters):
         scores = a.score_prefill(b, it, "cloze").logliks
         np.testing.assert_allclose(scores, a.score_prefill(s, it, "cloze").logliks, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="one condition"):
-        a.prefill_batch([a.speech_inputs(ITEM, wave(SECONDS)), a.text_inputs(ITEM, "cloze")])
+        a.prefill_batch([a.speech_inputs(ITEM, wave(SECONDS), "cloze"), a.text_inputs(ITEM, "cloze")])
 
 
 @pytest.mark.parametrize("family", list(tiny.BUILDERS))
@@ -279,9 +279,9 @@ def test_hooks_see_and_edit_the_span(family, adapters, inputs):
 def test_long_audio_rejected_or_windowed(family, placeholders, content, paths, adapters):
     w = wave(4.5)
     with pytest.raises(LongAudioError, match=r"item it-7: audio is 4\.50 s, longer than .* 2 s"):
-        adapters[family].speech_inputs(ITEM, w)
+        adapters[family].speech_inputs(ITEM, w, "cloze")
     a = load_adapter(family, paths[family], device="cpu", long_audio="window")
-    s = a.speech_inputs(ITEM, w)
+    s = a.speech_inputs(ITEM, w, "cloze")
     assert (s.model_inputs["input_ids"] == a.audio_token_id).sum() == placeholders
     assert len(s.span) == content
     times = a.position_times_ms(content)
@@ -291,14 +291,14 @@ def test_long_audio_rejected_or_windowed(family, placeholders, content, paths, a
 
 
 def test_granite_takes_long_audio_whole(adapters):
-    s = adapters["granite_speech"].speech_inputs(ITEM, wave(4.5))
+    s = adapters["granite_speech"].speech_inputs(ITEM, wave(4.5), "cloze")
     assert len(s.span) == 45  # (72000 // 160 + 1) // 2 = 225 encoder frames = 15 blocks of 3
 
 
 def test_speech_words_from_timings(adapters):
     a = adapters["qwen2_audio"]
     spans = np.array([[100, 300], [300, 700], [900, 1250]])
-    words = a.speech_inputs(ITEM, wave(SECONDS), word_spans_ms=spans).words
+    words = a.speech_inputs(ITEM, wave(SECONDS), "cloze", word_spans_ms=spans).words
     # 40 ms positions: [80,120) is half in word 0; [280,320) ties -> the earlier word; [720,760) is in the pause;
     # [1240,1280) has only 10 ms of word 2.
     assert words[[0, 1, 2, 7, 8, 17, 18, 30, 31]].tolist() == [-1, -1, 0, 0, 1, 1, -1, 2, -1]
@@ -319,7 +319,7 @@ def test_lab_model_scores_like_the_lab_scorer(tmp_path):
     assert a.window_samples == r.audio_window_s * 16000
     w = wave(SECONDS)
     text = a.score(a.text_inputs(ITEM, "cloze"), ITEM, "cloze").logliks
-    speech = a.score(a.speech_inputs(ITEM, w), ITEM, "cloze").logliks
+    speech = a.score(a.speech_inputs(ITEM, w, "cloze"), ITEM, "cloze").logliks
     np.testing.assert_allclose(text, score.logliks(model, processor, [ITEM])[0], atol=1e-4)
     lab_speech = score.logliks(model, processor, [ITEM], data.speech_set(processor, [ITEM], [w]))[0]
     np.testing.assert_allclose(speech, lab_speech, atol=1e-3)  # the lab keeps log-mel features in float16
@@ -338,9 +338,9 @@ def test_positions_to_words():
 
 
 def test_prompt_options_are_shared_and_outside_the_span(paths, tok):
-    prompt = Prompt(system="Be brief.", instruction="\nAnswer with a letter.", cue="The answer is")
+    prompt = Prompt(system="Be brief.", instruction={"letter": "\nAnswer with a letter."}, cue="The answer is")
     a = load_adapter("qwen2_audio", paths["qwen2_audio"], device="cpu", prompt=prompt)
-    s, t = a.speech_inputs(ITEM, wave(SECONDS)), a.text_inputs(ITEM, "letter")
+    s, t = a.speech_inputs(ITEM, wave(SECONDS), "letter"), a.text_inputs(ITEM, "letter")
     for x in (s, t):
         assert x.text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
         assert x.text.endswith("\nAnswer with a letter.<|im_end|>\n<|im_start|>assistant\nThe answer is")
@@ -348,9 +348,114 @@ def test_prompt_options_are_shared_and_outside_the_span(paths, tok):
     assert len(s.span) == POSITIONS["qwen2_audio"]
 
 
+OPEN = Item("qa-1", "qa", "what is five plus ten", [], -1, task="qa")
+PROBE_T = "Which one is the probe? A, this one; B, that one."  # base._PROBE in letter style
+
+
+def test_instruction_follows_the_style_and_skips_open_tasks(paths):
+    prompt = Prompt(instruction={"letter": "\nAnswer with a letter.", "cloze": None})
+    a = load_adapter("qwen2_audio", paths["qwen2_audio"], device="cpu", prompt=prompt)
+    end = "<|im_end|>\n<|im_start|>assistant\n"
+    assert a.text_inputs(ITEM, "letter").text.endswith(f"{spoken_text(ITEM, 'letter')}\nAnswer with a letter.{end}")
+    assert a.speech_inputs(ITEM, wave(SECONDS), "letter").text.endswith(f"<|audio_eos|>\n\nAnswer with a letter.{end}")
+    assert a.text_inputs(ITEM, "cloze").text.endswith(f"user\n{ITEM.question}{end}")
+    assert a.text_inputs(OPEN, "letter").text.endswith(f"user\n{OPEN.question}{end}")  # generation: no letter asked
+    assert a.speech_inputs(OPEN, wave(SECONDS), "letter").text.endswith(f"<|audio_eos|>\n{end}")
+
+
+def test_prompt_ids_render_system_instruction_and_cue(paths, tok):
+    """The fingerprint ids decode to the probe's S and T prompts through the template, and move with every part."""
+    def ids(**prompt):
+        return load_adapter("qwen2_audio", paths["qwen2_audio"], device="cpu", prompt=Prompt(**prompt)).prompt_ids
+
+    bare = ids()("letter")
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"  # the template's own
+    assert tok.decode(bare["T"]) == f"{system}{PROBE_T}<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(bare["S"]) == f"{system}Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(ids(system="Be brief.")("letter")["T"]).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    for changed in (ids(system="Be brief."), ids(cue="The answer is"), ids(instruction={"letter": "\nA letter."})):
+        new = changed("letter")
+        assert new["S"] != bare["S"] and new["T"] != bare["T"]
+    assert ids(instruction={"letter": "\nA letter."})("cloze") == ids()("cloze")  # a letter instruction only
+    assert tok.decode(ids(cue="The answer is")("letter")["S"]).endswith("assistant\nThe answer is")
+
+
+def test_load_run_asks_with_the_runs_prompt(paths):
+    from modgap.models import load_run
+    from modgap.plan import ModelRun
+
+    system = "Knowledge Cutoff Date: April 2024.\nToday's Date: April 9, 2025.\nYou are Granite."
+    run = ModelRun("g", "granite_speech", paths["granite_speech"], device="cpu", system=system,
+                   instruction={"letter": "\nAnswer with a letter."}, cue="Answer:")
+    t = load_run(run).text_inputs(ITEM, "letter")
+    assert t.text == (f"<|start_of_role|>system<|end_of_role|>{system}<|end_of_text|>\n<|start_of_role|>user"
+                      f"<|end_of_role|>{spoken_text(ITEM, 'letter')}\nAnswer with a letter.<|end_of_text|>\n"
+                      "<|start_of_role|>assistant<|end_of_role|>Answer:")
+
+
+@pytest.mark.parametrize("family", list(tiny.BUILDERS))
+@pytest.mark.parametrize("condition", ["S", "T"])
+def test_prefill_projects_only_the_last_position(family, condition, adapters):
+    """The head sees one position per prompt, and the next-token log-probs equal the model's full forward's."""
+    a = adapters[family]
+    xs = [a.speech_inputs(it, wave(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
+          for k, (it, sec) in enumerate(BATCH)]
+    if condition == "S" and not a.batch_audio:
+        xs = xs[:1]
+    seen = []
+    handle = a.model.lm_head.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape))
+    try:
+        prefills = a.prefill_batch(xs)
+    finally:
+        handle.remove()
+    assert seen == [(len(xs), 1, a.hidden_size)]
+    for x, p in zip(xs, prefills):
+        with torch.no_grad(), a._condition(x.condition):
+            full = a.model(**a._model_inputs(x)).logits  # [1, T, V]: every position
+        assert full.shape[1] == x.model_inputs["input_ids"].shape[1]
+        torch.testing.assert_close(p.logprobs, torch.log_softmax(full[0, -1].float(), -1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", list(tiny.BUILDERS))
+def test_no_deprecated_transformers_api(family, adapters):
+    """Prefill (batched, so item caches are cut), option scoring and generation raise no deprecation warning, neither
+    a Python warning nor transformers' logged one (`past_key_values` is to be removed in transformers 5.40)."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    class Raise(logging.Handler):
+        def emit(self, record):
+            if "deprecated" in record.getMessage():
+                raise AssertionError(record.getMessage())
+
+    a, handler, logger = adapters[family], Raise(), logging.getLogger("transformers")
+    hf_logging.warning_once.cache_clear()  # a warning logged earlier in the session would be swallowed
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            warnings.simplefilter("error", DeprecationWarning)
+            xs = [a.text_inputs(it, "cloze") for it, _ in BATCH]
+            scores = [a.score_prefill(p, it, "cloze") for p, (it, _) in zip(a.prefill_batch(xs), BATCH)]
+            assert max(s.n_tokens.max() for s in scores) > 1  # options of several tokens ran over the cache
+            a.generate(xs[0], max_new_tokens=2)
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_device_map_loads_without_moving_the_model(paths, adapters):
+    a = load_adapter("qwen2_audio", paths["qwen2_audio"], device="cuda", device_map="cpu")  # device is not used
+    assert a.device == torch.device("cpu") and {p.device.type for p in a.model.parameters()} == {"cpu"}
+    s = a.speech_inputs(ITEM, wave(SECONDS), "cloze")
+    np.testing.assert_allclose(a.score(s, ITEM, "cloze").logliks,
+                               adapters["qwen2_audio"].score(s, ITEM, "cloze").logliks, rtol=0, atol=1e-6)
+
+
 def test_bfloat16_and_generation(paths):
     a = load_adapter("qwen2_audio", paths["qwen2_audio"], dtype="bfloat16", device="cpu")
-    s = a.speech_inputs(ITEM, wave(SECONDS))
+    s = a.speech_inputs(ITEM, wave(SECONDS), "letter")
     assert a.hidden_states(s).dtype == torch.bfloat16
     assert np.isfinite(a.score(s, ITEM, "letter").logliks).all()
     answer = a.generate(s, max_new_tokens=3)

@@ -60,7 +60,7 @@ def test_stored_lens_at_the_last_layer_is_the_scored_distribution(tmp_path):
         margin, entropy = store.readout(cond, "lens_margin"), store.readout(cond, "lens_entropy")
         assert margin.shape == (len(rows), adapter.n_layers + 1) and np.isfinite(margin).all()
         for n, row in enumerate(rows):
-            x = adapter.text_inputs(row.item, "cloze") if cond == "T" else adapter.speech_inputs(row.item, row.wave())
+            x = adapter.text_inputs(row.item, "cloze") if cond == "T" else adapter.speech_inputs(row.item, row.wave(), "cloze")
             logp = adapter.prefill(x).logprobs
             first = [ids[0] for ids in adapter.tokenizer(option_texts(row.item, "cloze"),
                                                          add_special_tokens=False)["input_ids"]]

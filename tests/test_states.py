@@ -44,7 +44,7 @@ def test_store_holds_span_states_scores_and_word_indices(setup, tmp_path):
     r = StoreReader(tmp_path / "s.zarr")
     assert r.items == [row.id for row in rows] and r.layers == [0, 2]
     item, spans = rows[1].item, rows[1].spans
-    inputs = adapter.speech_inputs(item, rows[1].wave(), spans)
+    inputs = adapter.speech_inputs(item, rows[1].wave(), "cloze", spans)
     direct = adapter.model(**adapter._model_inputs(inputs), output_hidden_states=True).hidden_states
     expect = torch.stack([direct[l][0, inputs.span] for l in (0, 2)]).to(torch.float16)
     assert torch.equal(r.hidden("S", 1), expect)
@@ -95,6 +95,31 @@ def test_batched_dump_equals_one_item_at_a_time(setup, tmp_path):
             pd.testing.assert_frame_equal(one.positions(c, i), four.positions(c, i))
         np.testing.assert_allclose(one.loglik(c), four.loglik(c), rtol=0, atol=1e-5)
     pd.testing.assert_frame_equal(one.items_table(), four.items_table())
+
+
+def test_store_fingerprint_holds_the_rendered_prompts(setup, tmp_path, monkeypatch):
+    """run_shard's config hash moves with the system prompt, instruction and cue, and with the rendered prompt ids
+    alone (a chat template or tokenizer change), so a dump never resumes onto items asked another way."""
+    from modgap.models.base import SpeechLM
+    from modgap.plan import ModelRun
+    from modgap.states.stage import run_shard
+
+    tmp, _, _ = setup
+    spec = spec_of(layers=[0], max_items=1)
+
+    def config_hash(name, **prompt):
+        run = ModelRun("tiny", "qwen2_audio", str(tmp / "model"), device="cpu", **prompt)
+        run_shard(run, tmp / "items.parquet", 0, spec, tmp_path / f"{name}.zarr")
+        return StoreReader(tmp_path / f"{name}.zarr").manifest["config_hash"]
+
+    bare = config_hash("bare")
+    assert config_hash("again") == bare
+    changed = [config_hash("system", system="Be brief."), config_hash("cue", cue="The answer is"),
+               config_hash("instruction", instruction={"cloze": "\nAnswer in one word."})]
+    assert len({bare, *changed}) == 4
+    real = SpeechLM.prompt_ids
+    monkeypatch.setattr(SpeechLM, "prompt_ids", lambda self, style: {**real(self, style), "T": [0]})
+    assert config_hash("template") != bare
 
 
 def test_bad_layer_and_empty_shard(setup, tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from modgap.corpus.items import LETTERS, Item, Style, spoken_text, words_of
+from modgap.corpus.items import LETTERS, OPEN_TASKS, Item, Style, spoken_text, words_of
 from modgap.corpus.timing import SAMPLE_RATE
 from modgap.devices import resolve_device
 
@@ -36,6 +37,7 @@ LONG_AUDIO = ("reject", "window")
 NORMS = ("none", "tokens", "chars")
 _SENTINEL = "\ue000"  # a private-use character: marks where the user content lands in the rendered template
 _AUDIO_REF = "question.wav"  # the audio part's reference; templates only test for its presence
+_PROBE = Item("probe", "probe", "Which one is the probe?", ["this one", "that one"], 0)  # renders `prompt_ids`
 
 
 class LongAudioError(ValueError):
@@ -46,14 +48,19 @@ class LongAudioError(ValueError):
 class Prompt:
     """What surrounds the question content, identical in S and T.
 
-    system: a system message (None: whatever the template does without one); instruction: a text part after the
-    question in the user turn (write your own separator, e.g. "\\nAnswer with a letter."); cue: text appended after
-    the template's generation prompt, after which options are scored and generation starts.
+    system: a system message (None: whatever the template does without one); instruction: per item style, a text
+    part after the question in the user turn of a multiple-choice item (write your own separator, e.g.
+    "\\nAnswer with a letter."; a style it lacks or maps to None: none; open tasks never get one); cue: text appended
+    after the template's generation prompt, after which options are scored and generation starts.
     """
 
     system: str | None = None
-    instruction: str | None = None
+    instruction: Mapping[str, str | None] = field(default_factory=dict)
     cue: str = ""
+
+    def instruction_for(self, item: Item, style: Style) -> str | None:
+        """The instruction `item` is asked with in `style` (None for open tasks, which are answered by generation)."""
+        return None if item.task in OPEN_TASKS else self.instruction.get(style)
 
 
 @dataclass
@@ -148,15 +155,22 @@ class SpeechLM:
         attn_implementation: str | None = None,
         long_audio: LongAudio = "reject",
         prompt: Prompt = Prompt(),
+        device_map: str | None = None,
     ) -> SpeechLM:
-        """`from_pretrained` the model (eval mode, on `device`; "auto" = cuda if available) and its preprocessing."""
+        """`from_pretrained` the model (eval mode, on `device`; "auto" = cuda if available) and its preprocessing.
+
+        With a `device_map` ("auto", "balanced", "sequential", a device), `from_pretrained` places the layers itself,
+        e.g. across several GPUs, and `device` is not used.
+        """
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
         if long_audio not in LONG_AUDIO:
             raise ValueError(f"unknown long_audio {long_audio!r} (known: {', '.join(LONG_AUDIO)})")
-        device = resolve_device(device)
-        model = cls.model_class.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
-        return cls(path, model.to(device).eval(), AutoTokenizer.from_pretrained(path), long_audio, prompt)
+        model = cls.model_class.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+                                                device_map=device_map)
+        if device_map is None:
+            model = model.to(resolve_device(device))
+        return cls(path, model.eval(), AutoTokenizer.from_pretrained(path), long_audio, prompt)
 
     # --- family-specific audio geometry ------------------------------------------------------------------------------
     @property
@@ -201,7 +215,8 @@ class SpeechLM:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """Where inputs go: the device of the input embeddings (the first of several under a `device_map`)."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def final_norm(self) -> nn.Module:
@@ -243,10 +258,10 @@ class SpeechLM:
 
     def text_inputs(self, item: Item, style: Style) -> Inputs:
         """Condition T: the transcript `spoken_text(item, style)` as the user turn's question content."""
-        transcript = spoken_text(item, style)
-        prefix, suffix = self._split_render({"type": "text", "text": _SENTINEL}, _SENTINEL)
+        transcript, instruction = spoken_text(item, style), self.prompt.instruction_for(item, style)
+        prefix, suffix = self._split_render({"type": "text", "text": _SENTINEL}, _SENTINEL, instruction)
         text = prefix + transcript + suffix
-        if text != self._render({"type": "text", "text": transcript}):
+        if text != self._render({"type": "text", "text": transcript}, instruction):
             raise ValueError(f"{self.family}: the chat template changes the user text; cannot locate the T span")
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
         offsets = enc.pop("offset_mapping")[0].numpy() - len(prefix)  # [T, 2], relative to the transcript
@@ -256,8 +271,10 @@ class SpeechLM:
         ids = {k: enc[k] for k in ("input_ids", "attention_mask")}
         return Inputs(item.id, "T", text, ids, torch.from_numpy(span), words)
 
-    def speech_inputs(self, item: Item, wave: np.ndarray, word_spans_ms: np.ndarray | None = None) -> Inputs:
-        """Condition S: the recording of `item` (16 kHz mono float) as the user turn's question content.
+    def speech_inputs(self, item: Item, wave: np.ndarray, style: Style,
+                      word_spans_ms: np.ndarray | None = None) -> Inputs:
+        """Condition S: the recording of `item` (16 kHz mono float, spoken in `style`) as the user turn's question
+        content.
 
         Audio longer than `window_samples` is rejected (LongAudioError) or split into windows whose encoder outputs
         are concatenated, so the time mapping continues. With `word_spans_ms` [W, 2] the span positions get word
@@ -275,8 +292,7 @@ class SpeechLM:
         audio = self._audio(wave)
         if audio.n_content == 0:
             raise ValueError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
-        prefix, suffix = self._split_render(self._audio_part(), self.audio_token)
-        text = prefix + self.audio_token * audio.n_placeholders + suffix
+        text = self._speech_text(audio.n_placeholders, self.prompt.instruction_for(item, style))
         enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
         ids = {k: enc[k] for k in ("input_ids", "attention_mask")}
         where = torch.nonzero(ids["input_ids"][0] == self.audio_token_id)[:, 0]
@@ -287,14 +303,27 @@ class SpeechLM:
         words = None if word_spans_ms is None else positions_to_words(self.position_times_ms(len(span)), word_spans_ms)
         return Inputs(item.id, "S", text, {**ids, **audio.tensors}, span, words)
 
+    def prompt_ids(self, style: Style) -> dict[Condition, list[int]]:
+        """Token ids of the S and T prompts of a fixed multiple-choice probe item in `style` (S with one audio
+        placeholder): the rendered system prompt, instruction and cue, through this model's chat template and
+        tokenizer, for a fingerprint of what the model is asked."""
+        speech = self._speech_text(1, self.prompt.instruction_for(_PROBE, style))
+        return {"S": self.tokenizer(speech, add_special_tokens=False)["input_ids"],
+                "T": self.text_inputs(_PROBE, style).model_inputs["input_ids"][0].tolist()}
+
+    def _speech_text(self, n_placeholders: int, instruction: str | None) -> str:
+        """The S prompt with `n_placeholders` audio tokens as the question content."""
+        prefix, suffix = self._split_render(self._audio_part(), self.audio_token, instruction)
+        return prefix + self.audio_token * n_placeholders + suffix
+
     def _audio_part(self) -> dict:
         if self.content_as_string:
             return {"type": "text", "text": self.audio_token}
         return {"type": "audio", "audio": _AUDIO_REF}
 
-    def _render(self, question: dict) -> str:
-        """The chat prompt with `question` as the user turn's content (plus the instruction) and the answer cue."""
-        parts = [question] + ([{"type": "text", "text": self.prompt.instruction}] if self.prompt.instruction else [])
+    def _render(self, question: dict, instruction: str | None) -> str:
+        """The chat prompt with `question` as the user turn's content (plus `instruction`) and the answer cue."""
+        parts = [question] + ([{"type": "text", "text": instruction}] if instruction else [])
         content = "".join(p["text"] for p in parts) if self.content_as_string else parts
         messages = [{"role": "system", "content": self.prompt.system}] if self.prompt.system is not None else []
         messages.append({"role": "user", "content": content})
@@ -303,9 +332,9 @@ class SpeechLM:
         )
         return text + self.prompt.cue
 
-    def _split_render(self, question: dict, marker: str) -> tuple[str, str]:
+    def _split_render(self, question: dict, marker: str, instruction: str | None) -> tuple[str, str]:
         """The rendered prompt before and after `marker`, which must occur exactly once."""
-        text = self._render(question)
+        text = self._render(question, instruction)
         if text.count(marker) != 1:
             raise ValueError(f"{self.family}: the chat template renders {text.count(marker)} copies of {marker!r}, "
                              "expected exactly one")
@@ -348,7 +377,7 @@ class SpeechLM:
             return [self.prefill_batch([x], hidden)[0] for x in inputs]
         kwargs, pads = self._batch(inputs)
         with self._condition(inputs[0].condition):
-            out = self.model(**kwargs, use_cache=True, output_hidden_states=hidden)
+            out = self._last_logits(kwargs, hidden)
         logprobs = self._logprobs(out.logits[:, -1])  # [B, V]
         results = []
         for r, (x, pad) in enumerate(zip(inputs, pads)):
@@ -356,9 +385,20 @@ class SpeechLM:
             if hidden:
                 span = (x.span + pad).to(self.device)
                 states = torch.stack([h[r, span] for h in out.hidden_states])
-            cache = out.past_key_values if len(inputs) == 1 else self._item_cache(out.past_key_values, r, pad)
+            cache = out.cache if len(inputs) == 1 else self._item_cache(out.cache, r, pad)
             results.append(Prefill(x, logprobs[r], cache, states))
         return results
+
+    def _last_logits(self, kwargs: dict[str, torch.Tensor], hidden: bool) -> CausalLMOutputWithPast:
+        """The model's forward of `kwargs` with a KV cache (and every hidden state with `hidden`), its logits [B, 1, V]
+        at the last position only, as `logits_to_keep=1` gives them: the multimodal base model, then the head on its
+        last final state. Qwen2-Audio's and the Qwen2.5-Omni thinker's forwards take no `logits_to_keep` and would
+        project every position ([B, T, V] floats: gigabytes for a 7B vocabulary and long audio). Logits and hidden
+        states come back on `device`, as the top model's forward returns them under a `device_map`."""
+        base = self.model.model(**kwargs, use_cache=True, output_hidden_states=hidden)
+        logits = self.model.lm_head(base.last_hidden_state[:, -1:]).to(self.device)
+        states = tuple(h.to(self.device) for h in base.hidden_states) if hidden else None
+        return CausalLMOutputWithPast(logits=logits, cache=base.cache, hidden_states=states)
 
     def _batch(self, inputs: list[Inputs]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Left-padded model kwargs of `inputs` on the model's device (input_ids, attention_mask, position_ids [B, T]
@@ -412,7 +452,7 @@ class SpeechLM:
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                 position_ids=(p + torch.arange(width)).expand(k, width).to(self.device),
-                past_key_values=cache, use_cache=True,
+                cache=cache, use_cache=True,
             ).logits
         logp = self._logprobs(logits).gather(-1, target.to(self.device)[..., None])[..., 0]
         return first + (logp * valid.to(self.device)).sum(-1).double().cpu().numpy()

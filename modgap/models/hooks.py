@@ -132,7 +132,8 @@ def record_rows(
 ) -> Iterator[list[torch.Tensor]]:
     """Record hidden states `layers` at `positions[g]` of each prompt during a forward of `inputs`, unedited.
 
-    Yields a list that is filled on exit: per prompt a [len(layers), m_g, d] tensor (model dtype, on its device).
+    Yields a list that is filled on exit: per prompt a [len(layers), m_g, d] tensor (model dtype, on the adapter's
+    device, whichever device each layer runs on).
     """
     counters = {l: _RowCounter(prompt_lengths(inputs)) for l in layers}
     got: dict[int, dict[int, torch.Tensor]] = {l: {} for l in layers}
@@ -140,7 +141,7 @@ def record_rows(
     def recorder(l: int) -> HookFn:
         def fn(h: torch.Tensor) -> None:
             for r, g, pad in counters[l].rows(h):
-                got[l][g] = h[r, positions[g].to(h.device) + pad].detach().clone()
+                got[l][g] = h[r, positions[g].to(h.device) + pad].detach().to(adapter.device, copy=True)
         return fn
 
     result: list[torch.Tensor] = []

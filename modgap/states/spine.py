@@ -48,15 +48,16 @@ class Forward:
     decision: torch.Tensor | None = None
 
 
-def speech_inputs(adapter: SpeechLM, row: Row) -> Inputs:
-    """Condition S of a corpus row: its recording, with its word spans for the positions' word indices."""
-    return adapter.speech_inputs(row.item, row.wave(), row.spans)
+def speech_inputs(adapter: SpeechLM, row: Row, style: str) -> Inputs:
+    """Condition S of a corpus row spoken in `style`: its recording, with its word spans for the positions' word
+    indices."""
+    return adapter.speech_inputs(row.item, row.wave(), style, row.spans)
 
 
 def condition_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, condition: str) -> list[Inputs]:
     """The prompts of `rows` in one condition."""
     if condition == "S":
-        return [speech_inputs(adapter, r) for r in rows]
+        return [speech_inputs(adapter, r, style) for r in rows]
     return [adapter.text_inputs(r.item, style) for r in rows]
 
 

@@ -89,12 +89,13 @@ def accuracy_table(predictions: pd.DataFrame, **labels: str) -> pd.DataFrame:
 def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: StatesOptions, out_path: str | Path,
               device: str | None = None) -> pd.DataFrame:
     """Dump one shard of a corpus items table for one model. `device` overrides `run.device` and is not part of
-    the store's config hash, so a killed dump resumes on another GPU."""
+    the store's config hash, so a killed dump resumes on another GPU; the rendered prompts are (`prompt_ids`)."""
     rows, style = read_shard(items_table, shard, options.shard_items, options.max_items)
     adapter = load_run(run, device)
     # the items too: a killed dump resumes only onto the same rows (a rebuilt corpus starts over)
     items = [(r.id, r.audio, r.spans.tolist()) for r in rows]
-    digest = hashlib.sha256(json.dumps([run.to_dict(), as_dict(options), items], sort_keys=True).encode()).hexdigest()
+    fingerprint = [run.to_dict(), as_dict(options), items, adapter.prompt_ids(style)]
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     return dump_states(adapter, rows, style, out_path, options, run.name, config_hash=digest[:12])
 
 
