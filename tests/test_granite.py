@@ -92,7 +92,7 @@ def test_a_projector_block_is_one_300_ms_interval(granite):
 def test_speech_words_by_block(granite):
     """Word indices follow the blocks' intervals: [0, 300) holds 200 ms of word 0, [300, 600) lies in word 1,
     [600, 900) has only 100 ms of it."""
-    s = granite.speech_inputs(ITEM, wave(1.3), word_spans_ms=np.array([[0, 200], [200, 700]]))
+    s = granite.speech_inputs(ITEM, wave(1.3), "cloze", word_spans_ms=np.array([[0, 200], [200, 700]]))
     assert s.words[:9].tolist() == [0, 0, 0, 1, 1, 1, -1, -1, -1]
 
 
@@ -107,7 +107,7 @@ def test_lora_loads_from_the_model_folder(with_lora, granite, tok):
     assert saved[f"base_model.model.{key}.weight"].abs().min() > 0
     torch.testing.assert_close(a.model.lm_head.weight, base.model.lm_head.weight)  # the same base weights
 
-    s = a.speech_inputs(ITEM, wave(1.3))
+    s = a.speech_inputs(ITEM, wave(1.3), "cloze")
     speech = a.prefill(s).logprobs
     assert not torch.allclose(speech, base.prefill(s).logprobs, atol=1e-3)  # the adapter acts on S
     for style in ("letter", "cloze"):
