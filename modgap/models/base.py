@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.cache_utils import Cache, DynamicCache
 
+from modgap.corpus.audio import AudioError
 from modgap.corpus.items import LETTERS, Item, Style, spoken_text, words_of
 from modgap.corpus.timing import SAMPLE_RATE
 from modgap.devices import resolve_device
@@ -38,7 +39,7 @@ _SENTINEL = "\ue000"  # a private-use character: marks where the user content la
 _AUDIO_REF = "question.wav"  # the audio part's reference; templates only test for its presence
 
 
-class LongAudioError(ValueError):
+class LongAudioError(AudioError):
     """Audio longer than the model's window with `long_audio="reject"`; the message names the item and duration."""
 
 
@@ -254,11 +255,11 @@ class SpeechLM:
 
         Audio longer than `window_samples` is rejected (LongAudioError) or split into windows whose encoder outputs
         are concatenated, so the time mapping continues. With `word_spans_ms` [W, 2] the span positions get word
-        indices.
+        indices. An empty recording, or one filling no audio position, is an AudioError naming the item.
         """
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0:
-            raise ValueError(f"item {item.id}: expected a non-empty 1-D waveform, got shape {wave.shape}")
+            raise AudioError(f"item {item.id}: expected a non-empty 1-D waveform, got shape {wave.shape}")
         window = self.window_samples
         if window is not None and wave.size > window and self.long_audio == "reject":
             raise LongAudioError(
@@ -267,7 +268,7 @@ class SpeechLM:
             )
         audio = self._audio(wave)
         if audio.n_content == 0:
-            raise ValueError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
+            raise AudioError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
         prefix, suffix = self._split_render(self._audio_part(), self.audio_token)
         text = prefix + self.audio_token * audio.n_placeholders + suffix
         enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
