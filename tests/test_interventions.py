@@ -436,6 +436,15 @@ def test_bad_inputs(setup):
         InterventionsOptions.from_config({**defaults("interventions"), "layer": [0]})
 
 
+def test_integer_layers_out_of_the_model_range_fail_naming_the_key():
+    interventions_options(layers=[0, 4, "output"], select_layer=4).check_layers("lab-full@step400", 4)  # in range
+    with pytest.raises(ValueError) as e:
+        interventions_options(layers=[0, "middle", 99]).check_layers("lab-full@step400", 4)
+    assert str(e.value) == "interventions.layers: 99 is out of range for lab-full@step400 (layers 0..4)"
+    with pytest.raises(ValueError, match=r"^interventions.select_layer: 5 is out of range for m \(layers 0\.\.4\)$"):
+        interventions_options(select_layer=5).check_layers("m", 4)
+
+
 def test_conditions_from_options_defaults():
     defaults_ = interventions_options()
     assert defaults_.layers == (0, "middle", "output") and defaults_.select_layer is None  # selection at the edit

@@ -152,11 +152,25 @@ def test_layer0_in_averages_only_when_asked(tmp_path, items, one_shard):
     assert with_0["layer_averaged"]["l2"] == pytest.approx(per_item(table))
 
 
-def test_base_layer_capped_and_unstored_layer_named():
-    configs = dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}), LAYERS)
-    assert configs[0].base_layer == 3 and configs[0].base == 3
-    with pytest.raises(ValueError, match="metrics.dtw.base_layer: layer 1 is not stored"):
-        dtw_configs(MetricsOptions.from_config(SECTION), [0, 2, 4])
+def test_base_layer_out_of_range_or_not_analysed_fails_naming_the_key():
+    dtw = {"base_layer": 99, "metric": "cos", "band": None}
+    with pytest.raises(ValueError) as e:
+        dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": dtw}), [0, 1, 2, 3], "lab-full@step400", 4)
+    assert str(e.value) == "metrics.dtw.base_layer: 99 is out of range for lab-full@step400 (layers 0..4)"
+    stability = copy.deepcopy(SECTION)
+    stability["cka"]["stability"] = [{"metric": "l2"}, {"base_layer": 7}]
+    with pytest.raises(ValueError, match=r"^metrics.cka.stability\[1\].base_layer: 7 is out of range for m "):
+        dtw_configs(MetricsOptions.from_config(stability), [0, 1, 2, 3], "m", 4)
+    with pytest.raises(ValueError, match=r"^metrics.dtw.base_layer: layer 4 of m is not analysed \(analysed: \[0, 1"):
+        dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": {**dtw, "base_layer": 4}}), [0, 1, 2, 3], "m", 4)
+
+
+def test_metrics_job_fails_on_a_base_layer_past_the_stored_model(tmp_path, items):
+    """The model's depth comes from the store's manifest: base layer 9 of a 3-block model, once, before any item."""
+    store = write_store(tmp_path / "s.zarr", items[:2], extra={"n_layers": 3})
+    options = copy.deepcopy(SECTION) | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}
+    with pytest.raises(ValueError, match=r"^metrics.dtw.base_layer: 9 is out of range for m \(layers 0\.\.3\)$"):
+        run(tmp_path, items[:2], [store], options=options)
 
 
 def test_path_baselines_on_a_planted_alignment(one_shard, items):
