@@ -214,3 +214,10 @@ def test_post_norm_last_layer_is_excluded_by_default(tmp_path, items):
     summary, table, cka, _ = run(tmp_path, items[:6], [store], options=SECTION | {"last_layer": "exclude"})
     assert sorted(table["layer"].unique()) == [0, 1, 2] and cka["speech_layer"].max() == 2
     assert summary["last_layer"].startswith("excluded")
+
+
+def test_stores_whose_every_item_was_skipped_fail_naming_the_model(tmp_path, items):
+    with StoreWriter(tmp_path / "e.zarr", model="m", layers=LAYERS, d=D, n_options=2, dtype="float32") as w:
+        w.skip("q0", "S", "item q0: audio is 40.00 s, longer than the window")
+    with pytest.raises(ValueError, match=r"^m: no item in its stores \S+e\.zarr \(1 skipped by the states stage\)$"):
+        run(tmp_path, items[:1], [str(tmp_path / "e.zarr")])

@@ -150,6 +150,9 @@ class MetricsRun:
         self.stores, self.options, self.device = stores, options, device
         self.layers: list[int] = analysed_layers(first, options.last_layer)
         self.manifests = [StoreReader(s).manifest for s in stores]
+        if not sum(m["n_items"] for m in self.manifests):
+            raise ValueError(f"{first.manifest['model']}: no item in its stores {', '.join(map(str, stores))} "
+                             f"({sum(len(m.get('skipped', [])) for m in self.manifests)} skipped by the states stage)")
         self.word_spans = {r.id: r.spans for r in read_rows(corpus, options.truth)}
         self.subjects = dict(zip(corpus["id"], corpus["subject"]))
         self.configs = dtw_configs(options, self.layers, first.manifest["model"], model_depth(first))
