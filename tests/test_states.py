@@ -213,5 +213,5 @@ def test_skipped_items_reach_the_model_tables(setup, letter_shard, tmp_path):
     skipped = pd.read_csv(out["skipped"])
     assert skipped[["shard", "id", "condition"]].values.tolist() == [["shard0", "long", "S"], ["shard1", "long", "S"]]
     assert skipped["reason"].str.startswith("item long: audio is").all()
-    with pytest.raises(ValueError, match=r"^tiny: no item to score \(1 skipped"):
+    with pytest.raises(ValueError, match=r"^tiny: every item was skipped \(1; first: item long: audio is"):
         write_tables(stores[1:], {"model": "tiny"}, out["pred"], out["acc"], out["skipped"])

@@ -87,10 +87,7 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
 
 def accuracy_table(predictions: pd.DataFrame, n_skipped: int = 0, **labels: str) -> pd.DataFrame:
     """One row: `labels` (model, dataset, voice), text and speech accuracy, GAP in points, the item count and the
-    count of items skipped (not in `predictions`). ValueError naming the labels when no item is left."""
-    if predictions.empty:
-        raise ValueError(f"{'/'.join(labels.values())}: no item to score ({n_skipped} skipped: see skipped.csv and "
-                         "the states_dump logs)")
+    count of items skipped (not in `predictions`)."""
     acc = predictions.pivot_table(index="id", columns="condition", values="correct")
     text, speech = float(acc["T"].mean()), float(acc["S"].mean())
     return pd.DataFrame([{**labels, "text_acc": text, "speech_acc": speech, "gap": round(100 * (text - speech), 2),
@@ -112,12 +109,15 @@ def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: State
 def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path,
                  skipped_out: str | Path) -> pd.DataFrame:
     """Concatenate the shards' predictions (Parquet) and skipped items (CSV: shard, id, condition, reason) and write
-    the model's accuracy row (CSV)."""
+    the model's accuracy row (CSV); ValueError naming the labels and the first reason when every item was skipped."""
     readers = [StoreReader(s) for s in stores]
     pred = pd.concat([predictions_table(r) for r in readers], ignore_index=True)
     skipped = pd.concat([r.skipped().assign(shard=Path(r.path).stem) for r in readers], ignore_index=True)
-    write_csv(skipped[["shard", "id", "condition", "reason"]], skipped_out)
+    if pred.empty:
+        raise ValueError(f"{'/'.join(map(str, labels.values()))}: every item was skipped ({len(skipped)}; first: "
+                         f"{skipped['reason'].iloc[0] if len(skipped) else 'none recorded'})")
     acc = accuracy_table(pred, len(skipped), **labels)
     write_parquet(pred.drop(columns="item"), predictions_out)
+    write_csv(skipped[["shard", "id", "condition", "reason"]], skipped_out)
     write_csv(acc, accuracy_out)
     return acc
