@@ -135,9 +135,9 @@ class StoreWriter:
     A partial store of the same setup (model, config hash, layers, dtype, ...) is resumed, one of another setup
     is discarded. Resumed, its first `n_done` items (`done_ids`) are committed, the caller appends the items after
     them, and anything written after the last commit is dropped. Items the caller leaves out are recorded with
-    `skip`; the records are kept in memory until `close`, so a resumed caller meets its skipped items again. Hidden states are buffered until they fill whole chunks,
-    so each chunk is written once; an item is committed once its positions are in flushed chunks in every
-    condition. `append` moves tensors to CPU and hands them to one writer thread (a queue of 2 batches); the
+    `skip`; the records are kept in memory until `close`, so a resumed caller meets its skipped items again.
+    Hidden states are buffered until they fill whole chunks, so each chunk is written once; an item is committed
+    once its positions are in flushed chunks in every condition. `append` moves tensors to CPU and hands them to one writer thread (a queue of 2 batches); the
     thread's errors are raised by the next `append`, `flush` or `close`.
     `zstd_level=None` stores uncompressed (still checksummed): zstd level 1 saves 6-21% of fp16 activations and,
     on 2 busy cores, costs about a third of the write speed (170 vs 260 MB/s for zarr alone).
