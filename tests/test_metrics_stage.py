@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from modgap.config import validate_config
+from modgap.metrics.heatmap import heatmap_data
 from modgap.metrics.stage import dtw_configs, run_metrics
 from modgap.metrics.options import MetricsOptions
 from modgap.states.store import CondBatch, StoreWriter
@@ -221,3 +222,14 @@ def test_stores_whose_every_item_was_skipped_fail_naming_the_model(tmp_path, ite
         w.skip("q0", "S", "item q0: audio is 40.00 s, longer than the window")
     with pytest.raises(ValueError, match=r"^m: no item in its stores \S+e\.zarr \(1 skipped by the states stage\)$"):
         run(tmp_path, items[:1], [str(tmp_path / "e.zarr")])
+
+
+def test_heatmaps_pick_the_first_items_the_states_stage_did_not_skip(tmp_path, items):
+    """q0 was skipped (its shard holds no item): the first two usable items drawn are q1 and q2."""
+    with StoreWriter(tmp_path / "skipped.zarr", model="m", layers=LAYERS, d=D, n_options=2, dtype="float32") as w:
+        w.skip("q0", "S", "item q0: audio is 40.00 s, longer than the window")
+    stores = [str(tmp_path / "skipped.zarr"), write_store(tmp_path / "s.zarr", items[1:4])]
+    table = corpus(items[:4]).assign(words=[[f"w{j}" for j in range(len(it["word_T"]))] for it in items[:4]])
+    table.to_parquet(tmp_path / "c.parquet")
+    assert heatmap_data(stores, tmp_path / "c.parquet", 2, [1], "corpus", None, tmp_path / "h.npz") == ["q1", "q2"]
+    assert list(np.load(tmp_path / "h.npz")["ids"]) == ["q1", "q2"]
