@@ -44,6 +44,14 @@ def as_dict(options: Any) -> dict:
     return plain(dataclasses.asdict(options))
 
 
+def check_layer(key: str, layer: int, model: str, n_layers: int) -> int:
+    """`layer` when it is a hidden state of `model`, which has `n_layers` decoder blocks (0 = input embeddings ..
+    n_layers); a one-line ValueError naming the config key, the model and its range otherwise."""
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"{key}: {layer} is out of range for {model} (layers 0..{n_layers})")
+    return layer
+
+
 class StageOptions:
     """Base of the stage options dataclasses; `section` names the config section they are built from."""
 

@@ -1,5 +1,5 @@
 # States: every model runs every test item as speech (S) and as text (T); scores and span hidden states go to one
-# Zarr store per (model, dataset, voice, shard), then per-item predictions and accuracy tables.
+# Zarr store per (model, dataset, voice, shard), then per-item predictions, skipped items and accuracy tables.
 import sys
 
 from modgap.plan import expand_models, storage_report
@@ -63,6 +63,7 @@ rule states_tables:
     output:
         predictions=f"{STATES}/predictions.parquet",
         accuracy=f"{STATES}/accuracy.csv",
+        skipped=f"{STATES}/skipped.csv",  # items whose speech input could not be built, with the reason
     threads: 1
     resources:
         mem_mb=4000,

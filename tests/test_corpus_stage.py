@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from modgap.corpus.stage import AlignSpec, VoiceSpec, agreement_ms, align_split, synthesize_split, write_summary
+from modgap.corpus.stage import (
+    AlignSpec, VoiceSpec, agreement_ms, align_split, synthesize_split, write_split, write_summary,
+)
 from modgap.corpus.items import Item, write_jsonl
 from modgap.corpus.lab_world import generate_lab
 
@@ -104,3 +106,27 @@ def test_unknown_asr_gate_fails_fast_in_a_pool(tmp_path):
     with pytest.raises(ValueError, match="unknown recognizer 'whisper'"):
         align_split(tmp_path / "s.parquet", AlignSpec(asr_engine="whisper"), tmp_path / "items.parquet", workers=2)
     assert not (tmp_path / "items.parquet").exists()
+
+
+def test_unreadable_native_audio_excludes_its_item_not_the_job(tmp_path):
+    """A native JSONL dataset whose second recording is garbage bytes: that item is excluded with a reason naming it
+    and its file, the other is voiced and aligned, and the summary counts the exclusion."""
+    write_jsonl([Item("n1", "s", "what is two plus three", ["five", "six"], 0)], tmp_path / "tts.jsonl")
+    synthesize_split(tmp_path / "tts.jsonl", "cloze", VoiceSpec("en-us", 175, 50), tmp_path / "t.parquet", tmp_path / "t")
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF this is not a recording" * 10)
+    records = [{"id": "n1", "subject": "s", "question": "what is two plus three", "choices": ["five", "six"],
+                "answer": 0, "audio": "t/n1.flac"},
+               {"id": "bad", "subject": "s", "question": "what is two plus two", "choices": ["four", "six"],
+                "answer": 0, "audio": "garbage.wav"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_split("mine", {"source": "jsonl", "path": "data.jsonl", "audio": "native"}, "test", tmp_path / "i.jsonl",
+                root=tmp_path)
+    synthesize_split(tmp_path / "i.jsonl", "cloze", VoiceSpec("native", 0, 0), tmp_path / "n.parquet", tmp_path / "n")
+    df = align_split(tmp_path / "n.parquet", AlignSpec(), tmp_path / "items.parquet").set_index("id")
+    assert df.loc["n1", "status"] == "ok"
+    assert df.loc["bad", "status"] == "unreadable_audio" and df.loc["bad", "audio"] == ""
+    assert df.loc["bad", "reason"].startswith(f"item bad: cannot read its audio {tmp_path / 'garbage.wav'} (")
+    summary = write_summary({"test/native": tmp_path / "items.parquet"}, tmp_path / "s.json", tmp_path / "s.md", 60)
+    assert summary["test/native"]["items"] == 2 and summary["test/native"]["ok"] == 1
+    assert summary["test/native"]["excluded"] == {"unreadable_audio": 1}
+    assert "unreadable_audio: 1" in (tmp_path / "s.md").read_text()

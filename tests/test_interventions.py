@@ -2,6 +2,7 @@
 tiny random Qwen2-Audio (and Granite, whose audio runs one prompt per forward) with noise recordings."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -407,6 +408,20 @@ def test_driver_edit_equals_an_independent_recomputation(setup, table):
     assert not np.allclose(row["loglik"], row["baseline_loglik"], atol=1e-4)
 
 
+def test_a_skipped_item_leaves_every_other_row_unchanged(setup, tmp_path):
+    """The second row's recording is garbage: the spine skips it, and every other row, its other-item partner
+    included (drawn from the same pool), is scored exactly as in a run without it."""
+    adapter, rows, _ = setup
+    (tmp_path / "bad.wav").write_bytes(b"not a recording")
+    bad = dataclasses.replace(rows[0], item=dataclasses.replace(rows[0].item, id="bad"), audio=str(tmp_path / "bad.wav"))
+    pool = [rows[0], bad, *rows[1:]]
+    run = lambda r: run_conditions(adapter, r, STYLE, "none", [Edit("angle", "all", 0)], batch_items=1,  # noqa: E731
+                                   controls=["other_item"], partner_pool=pool)
+    with_bad = run(pool)
+    assert "bad" not in set(with_bad["id"]) and with_bad["id"].nunique() == len(rows)
+    pd.testing.assert_frame_equal(with_bad, run(rows))
+
+
 def test_bad_inputs(setup):
     adapter, rows, calib = setup
     with pytest.raises(ValueError, match=r"layer 3 out of range: the model has layers 0\.\.2; edits .* 0\.\.1"):
@@ -434,6 +449,15 @@ def test_bad_inputs(setup):
         Redundancy(0)
     with pytest.raises(ValueError, match="interventions.layer: unknown"):
         InterventionsOptions.from_config({**defaults("interventions"), "layer": [0]})
+
+
+def test_integer_layers_out_of_the_model_range_fail_naming_the_key():
+    interventions_options(layers=[0, 4, "output"], select_layer=4).check_layers("lab-full@step400", 4)  # in range
+    with pytest.raises(ValueError) as e:
+        interventions_options(layers=[0, "middle", 99]).check_layers("lab-full@step400", 4)
+    assert str(e.value) == "interventions.layers: 99 is out of range for lab-full@step400 (layers 0..4)"
+    with pytest.raises(ValueError, match=r"^interventions.select_layer: 5 is out of range for m \(layers 0\.\.4\)$"):
+        interventions_options(select_layer=5).check_layers("m", 4)
 
 
 def test_conditions_from_options_defaults():

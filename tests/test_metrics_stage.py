@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from modgap.config import validate_config
+from modgap.metrics.heatmap import heatmap_data
 from modgap.metrics.stage import dtw_configs, run_metrics
 from modgap.metrics.options import MetricsOptions
 from modgap.states.store import CondBatch, StoreWriter
@@ -152,11 +153,25 @@ def test_layer0_in_averages_only_when_asked(tmp_path, items, one_shard):
     assert with_0["layer_averaged"]["l2"] == pytest.approx(per_item(table))
 
 
-def test_base_layer_capped_and_unstored_layer_named():
-    configs = dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}), LAYERS)
-    assert configs[0].base_layer == 3 and configs[0].base == 3
-    with pytest.raises(ValueError, match="metrics.dtw.base_layer: layer 1 is not stored"):
-        dtw_configs(MetricsOptions.from_config(SECTION), [0, 2, 4])
+def test_base_layer_out_of_range_or_not_analysed_fails_naming_the_key():
+    dtw = {"base_layer": 99, "metric": "cos", "band": None}
+    with pytest.raises(ValueError) as e:
+        dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": dtw}), [0, 1, 2, 3], "lab-full@step400", 4)
+    assert str(e.value) == "metrics.dtw.base_layer: 99 is out of range for lab-full@step400 (layers 0..4)"
+    stability = copy.deepcopy(SECTION)
+    stability["cka"]["stability"] = [{"metric": "l2"}, {"base_layer": 7}]
+    with pytest.raises(ValueError, match=r"^metrics.cka.stability\[1\].base_layer: 7 is out of range for m "):
+        dtw_configs(MetricsOptions.from_config(stability), [0, 1, 2, 3], "m", 4)
+    with pytest.raises(ValueError, match=r"^metrics.dtw.base_layer: layer 4 of m is not analysed \(analysed: \[0, 1"):
+        dtw_configs(MetricsOptions.from_config(SECTION | {"dtw": {**dtw, "base_layer": 4}}), [0, 1, 2, 3], "m", 4)
+
+
+def test_metrics_job_fails_on_a_base_layer_past_the_stored_model(tmp_path, items):
+    """The model's depth comes from the store's manifest: base layer 9 of a 3-block model, once, before any item."""
+    store = write_store(tmp_path / "s.zarr", items[:2], extra={"n_layers": 3})
+    options = copy.deepcopy(SECTION) | {"dtw": {"base_layer": 9, "metric": "cos", "band": None}}
+    with pytest.raises(ValueError, match=r"^metrics.dtw.base_layer: 9 is out of range for m \(layers 0\.\.3\)$"):
+        run(tmp_path, items[:2], [store], options=options)
 
 
 def test_path_baselines_on_a_planted_alignment(one_shard, items):
@@ -200,3 +215,21 @@ def test_post_norm_last_layer_is_excluded_by_default(tmp_path, items):
     summary, table, cka, _ = run(tmp_path, items[:6], [store], options=SECTION | {"last_layer": "exclude"})
     assert sorted(table["layer"].unique()) == [0, 1, 2] and cka["speech_layer"].max() == 2
     assert summary["last_layer"].startswith("excluded")
+
+
+def test_stores_whose_every_item_was_skipped_fail_naming_the_model(tmp_path, items):
+    with StoreWriter(tmp_path / "e.zarr", model="m", layers=LAYERS, d=D, n_options=2, dtype="float32") as w:
+        w.skip("q0", "S", "item q0: audio is 40.00 s, longer than the window")
+    with pytest.raises(ValueError, match=r"^m: no item in its stores \S+e\.zarr \(1 skipped by the states stage\)$"):
+        run(tmp_path, items[:1], [str(tmp_path / "e.zarr")])
+
+
+def test_heatmaps_pick_the_first_items_the_states_stage_did_not_skip(tmp_path, items):
+    """q0 was skipped (its shard holds no item): the first two usable items drawn are q1 and q2."""
+    with StoreWriter(tmp_path / "skipped.zarr", model="m", layers=LAYERS, d=D, n_options=2, dtype="float32") as w:
+        w.skip("q0", "S", "item q0: audio is 40.00 s, longer than the window")
+    stores = [str(tmp_path / "skipped.zarr"), write_store(tmp_path / "s.zarr", items[1:4])]
+    table = corpus(items[:4]).assign(words=[[f"w{j}" for j in range(len(it["word_T"]))] for it in items[:4]])
+    table.to_parquet(tmp_path / "c.parquet")
+    assert heatmap_data(stores, tmp_path / "c.parquet", 2, [1], "corpus", None, tmp_path / "h.npz") == ["q1", "q2"]
+    assert list(np.load(tmp_path / "h.npz")["ids"]) == ["q1", "q2"]

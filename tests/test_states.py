@@ -1,6 +1,8 @@
 """States driver on a tiny random Qwen2-Audio and real lab speech: store contents, resume, shards, accuracy."""
 from __future__ import annotations
 
+import functools
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,16 +13,19 @@ import pytest
 import torch
 import tiny_models as tiny
 
-from modgap.corpus.stage import AlignSpec, VoiceSpec, align_split, synthesize_split
+import zarr
+
+from modgap.corpus.stage import AlignSpec, VoiceSpec, align_split, synthesize_split, write_split
 from modgap.corpus.items import write_jsonl
 from modgap.corpus.lab_world import generate_lab
 from modgap.models import load_adapter
 from conftest import defaults
-from modgap.corpus.table import read_rows
+from modgap.corpus.table import read_rows, read_shard
 from modgap.plan import shard_rows
 from modgap.states.options import StatesOptions
-from modgap.states.stage import accuracy_table, dump_states
-from modgap.states.store import StoreReader
+from modgap.states import stage
+from modgap.states.stage import accuracy_table, dump_states, write_tables
+from modgap.states.store import StoreReader, StoreWriter
 
 
 def spec_of(**overrides) -> StatesOptions:
@@ -124,7 +129,7 @@ def test_store_fingerprint_holds_the_rendered_prompts(setup, tmp_path, monkeypat
 
 def test_bad_layer_and_empty_shard(setup, tmp_path):
     _, rows, adapter = setup
-    with pytest.raises(ValueError, match=r"states.layers: \[9\] out of range"):
+    with pytest.raises(ValueError, match=r"^states.layers: 9 is out of range for tiny \(layers 0\.\.2\)$"):
         dump_states(adapter, rows, "cloze", tmp_path / "x.zarr", spec_of(layers=[0, 9]), "tiny")
     assert shard_rows(10, 4, None, 2) == slice(8, 10)
     with pytest.raises(ValueError, match="shard 3 is empty"):
@@ -133,5 +138,105 @@ def test_bad_layer_and_empty_shard(setup, tmp_path):
 
 def test_accuracy_table_gap_in_points():
     pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "correct": [0, 1, 1, 1]})
-    row = accuracy_table(pred, model="m").iloc[0]
-    assert (row["text_acc"], row["speech_acc"], row["gap"], row["n_items"]) == (1.0, 0.5, 50.0, 2)
+    row = accuracy_table(pred, 3, model="m").iloc[0]
+    assert (row["text_acc"], row["speech_acc"], row["gap"], row["n_items"], row["n_skipped"]) == (1.0, 0.5, 50.0, 2, 3)
+
+
+# --- items whose speech input cannot be built ---------------------------------------------------------------------
+LETTER_ITEMS = [  # letter style, spoken by espeak at 175 wpm: about 3 s each, and 9 s for "long"
+    ("a", "five plus ten", ["fifteen", "five"]),
+    ("long", "kate walks from the farm to the forest and then to the island and back to the desert before she "
+             "counts the eggs and the beans in her house", ["ten", "twelve"]),
+    ("b", "two plus two", ["four", "six"]),
+    ("c", "what is one plus one", ["two", "three"]),
+    ("d", "what is two plus three", ["five", "six"]),
+]
+
+
+@pytest.fixture(scope="module")
+def letter_shard(tmp_path_factory):
+    """A user's letter-style JSONL voiced and aligned: one shard whose second item is longer than the tiny model's
+    4 s window (long_audio "reject")."""
+    tmp = tmp_path_factory.mktemp("letter")
+    records = [{"id": i, "subject": "s", "question": q, "choices": c, "answer": 0} for i, q, c in LETTER_ITEMS]
+    (tmp / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_split("mine", {"source": "jsonl", "path": "mine.jsonl"}, "test", tmp / "items.jsonl", root=tmp)
+    synthesize_split(tmp / "items.jsonl", "letter", VoiceSpec("en-us", 175, 50), tmp / "s.parquet", tmp / "audio")
+    align_split(tmp / "s.parquet", AlignSpec(), tmp / "items.parquet")
+    rows, style = read_shard(tmp / "items.parquet", 0, 256, None)
+    assert [r.id for r in rows] == [i for i, *_ in LETTER_ITEMS] and style == "letter"
+    return rows, pd.read_parquet(tmp / "items.parquet").set_index("id")["duration_ms"]
+
+
+def assert_same_store(a: StoreReader, b: StoreReader) -> None:
+    assert a.items == b.items
+    for i in range(len(a.items)):
+        for c in ("S", "T"):
+            assert torch.equal(a.hidden(c, i), b.hidden(c, i))
+    pd.testing.assert_frame_equal(a.items_table(), b.items_table())
+
+
+def test_long_item_is_skipped_and_recorded_the_others_dumped(setup, letter_shard, tmp_path):
+    """One item per forward, so the long item's step has no row at all; the other items' store equals a dump of
+    them alone, and the long one is recorded with the adapter's reason."""
+    _, _, adapter = setup
+    rows, duration_ms = letter_shard
+    spec = spec_of(batch_items=1)
+    pred = dump_states(adapter, rows, "letter", tmp_path / "s.zarr", spec, "tiny")
+    kept = [r for r in rows if r.id != "long"]
+    dump_states(adapter, kept, "letter", tmp_path / "ref.zarr", spec, "tiny")
+    store = StoreReader(tmp_path / "s.zarr")
+    assert_same_store(store, StoreReader(tmp_path / "ref.zarr"))
+    assert sorted(pred["id"].unique()) == ["a", "b", "c", "d"]
+    (skipped,) = store.skipped().to_dict("records")
+    assert skipped == {"id": "long", "condition": "S", "reason": (
+        f"item long: audio is {duration_ms['long'] / 1000:.2f} s, longer than the qwen2_audio window of 4 s "
+        "(long_audio='reject'; use 'window' to split it)")}
+
+
+def test_resume_after_a_skipped_item_equals_uninterrupted(setup, letter_shard, tmp_path, monkeypatch):
+    """Killed in item d's T forward, with chunks of 4 positions: a and b are committed around the skipped long item;
+    the resumed dump meets the long item again and ends equal to an uninterrupted one, records included."""
+    _, _, adapter = setup
+    rows, _ = letter_shard
+    spec = spec_of(batch_items=1)
+    monkeypatch.setattr(stage, "StoreWriter", functools.partial(StoreWriter, positions_per_chunk=4))
+    dump_states(adapter, rows, "letter", tmp_path / "full.zarr", spec, "tiny")
+    real_prefill, calls = adapter.prefill_batch, {"n": 0}
+
+    def dying_prefill(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # a, b, c: S and T each; then d's S, and its T dies
+            raise KeyboardInterrupt
+        return real_prefill(*args, **kwargs)
+
+    monkeypatch.setattr(adapter, "prefill_batch", dying_prefill)
+    with pytest.raises(KeyboardInterrupt):
+        dump_states(adapter, rows, "letter", tmp_path / "resumed.zarr", spec, "tiny")
+    assert zarr.open_group(tmp_path / "resumed.zarr.partial", mode="r").attrs["n_done"] == 2  # a and b
+    monkeypatch.setattr(adapter, "prefill_batch", real_prefill)
+    dump_states(adapter, rows, "letter", tmp_path / "resumed.zarr", spec, "tiny")
+    full, resumed = StoreReader(tmp_path / "full.zarr"), StoreReader(tmp_path / "resumed.zarr")
+    assert_same_store(full, resumed)
+    pd.testing.assert_frame_equal(full.skipped(), resumed.skipped())
+    assert full.items == ["a", "b", "c", "d"] and full.skipped()["id"].tolist() == ["long"]
+
+
+def test_skipped_items_reach_the_model_tables(setup, letter_shard, tmp_path):
+    """A shard whose only item is skipped is a store with no item and one record; the model's tables list every
+    skipped item by shard and count them next to the accuracy; a model with no item left fails naming it."""
+    _, _, adapter = setup
+    rows, _ = letter_shard
+    spec = spec_of(batch_items=2)
+    dump_states(adapter, rows[:3], "letter", tmp_path / "shard0.zarr", spec, "tiny")
+    empty = dump_states(adapter, rows[1:2], "letter", tmp_path / "shard1.zarr", spec, "tiny")
+    assert empty.empty and StoreReader(tmp_path / "shard1.zarr").manifest["n_items"] == 0
+    stores = [str(tmp_path / "shard0.zarr"), str(tmp_path / "shard1.zarr")]
+    out = {k: tmp_path / f"{k}.{ext}" for k, ext in [("pred", "parquet"), ("acc", "csv"), ("skipped", "csv")]}
+    acc = write_tables(stores, {"model": "tiny"}, out["pred"], out["acc"], out["skipped"]).iloc[0]
+    assert (acc["n_items"], acc["n_skipped"]) == (2, 2)
+    skipped = pd.read_csv(out["skipped"])
+    assert skipped[["shard", "id", "condition"]].values.tolist() == [["shard0", "long", "S"], ["shard1", "long", "S"]]
+    assert skipped["reason"].str.startswith("item long: audio is").all()
+    with pytest.raises(ValueError, match=r"^tiny: every item was skipped \(1; first: item long: audio is"):
+        write_tables(stores[1:], {"model": "tiny"}, out["pred"], out["acc"], out["skipped"])

@@ -148,12 +148,24 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, uninterrupted, failu
     assert zarr.open_array(w.partial / "ids", mode="r")[n_done] != ""  # uncommitted items are on disk too
     (w.partial / "S" / "hidden" / "c.0.0.1234abcd.partial").write_bytes(b"torn")  # zarr temp file
     w2 = StoreWriter(path, **SETUP, **kw)
-    assert 0 < w2.n_done == n_done < 14
+    assert 0 < w2.n_done == n_done < 14 and w2.done_ids == [x["id"] for x in items[:n_done]]
     append(w2, items[w2.n_done:])
     assert not path.exists()
     w2.close()
     assert not w2.partial.exists()
     assert files(path) == files(ref)  # byte for byte, hence array by array
+
+
+def test_store_of_skipped_items_only(tmp_path):
+    """Every item left out: a complete store with no item, whose manifest lists each skip once (the last record)."""
+    with StoreWriter(tmp_path / "s.zarr", **SETUP) as w:
+        w.skip("a", "S", "item a: first")
+        w.skip("b", "S", "item b: unreadable")
+        w.skip("a", "S", "item a: audio is 40.00 s")
+    r = StoreReader(tmp_path / "s.zarr")
+    assert r.items == [] and r.manifest["n_items"] == 0 and r.positions("S").empty
+    assert r.skipped().values.tolist() == [["a", "S", "item a: audio is 40.00 s"], ["b", "S", "item b: unreadable"]]
+    assert list(r.iter_items("T")) == [] and r.items_table().empty
 
 
 def test_corrupt_chunk_detected(tmp_path):

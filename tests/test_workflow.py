@@ -39,7 +39,7 @@ def test_lab_and_states_outputs(study):
     merged = states.merge(lab, left_on="model", right_on="checkpoint")
     assert (merged["text_acc_x"] == merged["text_acc_y"]).all() and (merged["speech_acc_x"] == merged["speech_acc_y"]).all()
     shards = sorted(p.name for p in (workdir / "results" / "states" / "lab-full@step10" / "lab" / "en-us+f3").iterdir())
-    assert shards == ["accuracy.csv", "predictions.parquet", "shard0.zarr", "shard1.zarr"]
+    assert shards == ["accuracy.csv", "predictions.parquet", "shard0.zarr", "shard1.zarr", "skipped.csv"]
 
 
 def test_metrics_outputs(study):
@@ -49,7 +49,7 @@ def test_metrics_outputs(study):
     items = pd.read_parquet(out / "items.parquet")
     assert summary["n_items"] == 8 and items["id"].nunique() == 8
     assert items["layer"].nunique() == len(summary["layers"]) and items["cos"].between(-1, 1).all()
-    assert items.attrs["modgap"]["options"]["dtw"]["base_layer"] == 5
+    assert items.attrs["modgap"]["options"]["dtw"]["base_layer"] == 1
     assert (workdir / "results" / "logs" / "metrics" / "lab-full@step10" / "lab" / "en-us+f3.log").is_file()
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from modgap.corpus.align import AlignmentError, PocketsphinxAligner
 from modgap.atomic import atomic, write_parquet, write_text
+from modgap.corpus.audio import AudioError, read_audio
 from modgap.corpus.asr import make_recognizer, word_error_rate
 from modgap.corpus.datasets import load_items
 from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
@@ -61,8 +62,10 @@ def _speak_one(job: tuple[Item, str, VoiceSpec, str]) -> dict:
     item, text, voice, audio_path = job
     row = {"status": "ok", "reason": "", "tts_start_ms": None, "tts_end_ms": None}
     if voice.native:
-        audio, sr = sf.read(item.audio, dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
+        try:
+            audio, sr = read_audio(item.id, item.audio)
+        except AudioError as e:
+            return {**row, "status": "unreadable_audio", "reason": str(e), "duration_ms": 0.0, "audio": ""}
         if sr != SAMPLE_RATE:
             audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
     else:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
+from modgap.corpus.audio import AudioError, read_audio
 from modgap.corpus.items import Item
 from modgap.corpus.timing import SAMPLE_RATE
 from modgap.plan import shard_rows
@@ -37,13 +37,10 @@ class Row:
         return self.item.id
 
     def wave(self) -> np.ndarray:
-        """The recording as 16 kHz mono float32; ValueError naming the item and file otherwise."""
-        try:
-            wave, rate = sf.read(self.audio, dtype="float32")
-        except (OSError, RuntimeError) as e:  # soundfile raises LibsndfileError (a RuntimeError) on bad files
-            raise ValueError(f"item {self.id}: cannot read its audio {self.audio} ({e})") from e
+        """The recording as `[n]` 16 kHz mono float32; AudioError naming the item and file otherwise."""
+        wave, rate = read_audio(self.id, self.audio)
         if rate != SAMPLE_RATE:
-            raise ValueError(f"item {self.id}: {self.audio} is {rate} Hz, expected {SAMPLE_RATE}")
+            raise AudioError(f"item {self.id}: {self.audio} is {rate} Hz, expected {SAMPLE_RATE}")
         return wave
 
 

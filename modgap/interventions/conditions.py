@@ -192,12 +192,13 @@ def fit_calibration(
     -> stats), from unedited forwards, streamed through `MomentAccumulator` (float64, sample std)."""
     idx = sorted({resolve_layer(l, adapter.n_layers) for l in layers})
     acc = {c: MomentAccumulator((len(idx), adapter.hidden_size)) for c in "ST"}
+    ran: list[str] = []  # the rows the spine ran (skipped ones left out)
     for batch in spine.run(adapter, rows, style, batch_items=batch_items, span_layers=idx, desc="calibration"):
+        ran += [r.id for r in batch.rows]
         for c, fwd in batch.forwards.items():
             for h in fwd.span:  # [len(idx), n, d]
                 acc[c].update(h)
-    ids = tuple(r.id for r in rows)
-    return {l: CalibrationStats(l, MomentStats.of(acc["S"], n), MomentStats.of(acc["T"], n), ids)
+    return {l: CalibrationStats(l, MomentStats.of(acc["S"], n), MomentStats.of(acc["T"], n), tuple(ran))
             for n, l in enumerate(idx)}
 
 
@@ -305,18 +306,19 @@ def run_conditions(
         check_held_out([r.id for r in calibration_rows], [it.id for it in items])
         stats = fit_calibration(adapter, calibration_rows, style, [l for _, l in calibs], batch_items)
     record = sorted({l for _, l, _ in edits} | {l for _, _, l in edits})
-    partners = (partner_rows(rows, rows if partner_pool is None else partner_pool, seed)
-                if edits and "other_item" in runs else None)
+    pool = rows if partner_pool is None else partner_pool
+    partners = (dict(zip([r.id for r in rows], partner_rows(rows, pool, seed))) if edits and "other_item" in runs
+                else None)
 
     out: list[dict] = []
-    done = 0
     for batch in spine.run(adapter, rows, style, batch_items=batch_items, span_layers=record, desc="interventions"):
+        if not batch.rows:  # every row of the step skipped
+            continue
         its = batch.items
         s_in, rec_s, rec_t = batch.forwards["S"].inputs, batch.forwards["S"].span, batch.forwards["T"].span
         other_t = [None] * len(its) if partners is None else spine.forward(
-            adapter, spine.condition_inputs(adapter, partners[done : done + len(its)], style, "T"), span_layers=record
+            adapter, spine.condition_inputs(adapter, [partners[it.id] for it in its], style, "T"), span_layers=record
         ).span
-        done += len(its)
         base_s = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["S"].prefills, its)]
         base_t = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["T"].prefills, its)]
         for it, s, t in zip(its, base_s, base_t):

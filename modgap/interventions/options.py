@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from modgap.options import StageOptions
+from modgap.options import StageOptions, check_layer
 
 
 @dataclass(frozen=True)
@@ -30,4 +30,12 @@ class InterventionsOptions(StageOptions):
     calib_items: int
     redundancy: tuple[int, ...]
     batch_items: int
+
+    def check_layers(self, model: str, n_layers: int) -> None:
+        """ValueError naming the key, the model and its range for an integer layer (`layers`, `select_layer`)
+        outside `model`'s 0..`n_layers` (named layers always fit)."""
+        named = [("interventions.layers", layer) for layer in self.layers]
+        for key, layer in [*named, ("interventions.select_layer", self.select_layer)]:
+            if isinstance(layer, int):
+                check_layer(key, layer, model, n_layers)
 

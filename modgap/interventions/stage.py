@@ -37,6 +37,7 @@ def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | N
         options = dataclasses.replace(options, calibration=())
     calibration = read_rows(calib_table)[: options.calib_items] if options.calibration else None
     adapter = load_run(run, device)
+    options.check_layers(run.name, adapter.n_layers)
     table = run_conditions(adapter, rows, style, states.norm, conditions_from_options(options), calibration,
                            options.batch_items, options.controls, options.seed, partner_pool=read_rows(test_table))
     table.attrs["modgap"] = {"model": run.name, "shard": shard, "options": as_dict(options),

@@ -43,14 +43,15 @@ def heatmap_data(stores: list[str], corpus_table: str | Path, items: int | list[
                  truth: str, band: int | None, out: str | Path) -> list[str]:
     """Write one `.npz` with every chosen item's heatmaps, keyed `{id}/...`, plus `{id}/words` and
     `{id}/word_spans_ms` `[W, 2]` (the `truth` timings), `ids` and `layers` (the model layers drawn, in the order of
-    `layers`; negative ones count from the last stored layer)."""
+    `layers`; negative ones count from the last stored layer). Items the states stage skipped are not usable."""
     corpus = pd.read_parquet(corpus_table).set_index("id", drop=False)
-    picked = {r.id: r for r in chosen_rows(read_rows(corpus, truth), items)}
+    readers = [StoreReader(s) for s in stores]
+    skipped = {i for r in readers for i in r.skipped()["id"]}
+    picked = {r.id: r for r in chosen_rows([r for r in read_rows(corpus, truth) if r.id not in skipped], items)}
     wanted = list(picked)
     arrays: dict[str, np.ndarray] = {}
     chosen: list[int] = []
-    for store in stores:
-        reader = StoreReader(store)
+    for reader in readers:
         chosen = [reader.layers[x] if x < 0 else x for x in layers]
         for index, item_id in enumerate(reader.items):
             if item_id not in wanted:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from modgap.atomic import write_csv, write_parquet, write_text
 from modgap.corpus.table import read_rows
-from modgap.options import as_dict
+from modgap.options import as_dict, check_layer
 from modgap.states.store import StoreReader
 
 from .baselines import hit_rate, path_baseline_columns, random_path, truth_aligned_pairs, truth_pairs
@@ -41,16 +41,19 @@ TRUTH = "truth-pairs"  # the CKA configuration that pairs each text token with t
 MIN_TRUTH_ITEMS = 4  # the unbiased estimator's minimum
 
 
-def dtw_configs(options: MetricsOptions, layers: list[int]) -> list[DTWConfig]:
-    """The default DTW configuration, then each distinct stability one (unset keys from the default). A base layer
-    past the last stored layer is capped to it (the configured and the used layers go to the metadata)."""
+def dtw_configs(options: MetricsOptions, layers: list[int], model: str, n_layers: int) -> list[DTWConfig]:
+    """The default DTW configuration, then each distinct stability one (unset keys from the default), for `model`
+    with `n_layers` decoder blocks analysed at `layers`. ValueError naming the key (`metrics.dtw.base_layer` or
+    `metrics.cka.stability[i].base_layer`) when a base layer is outside the model's range or not analysed."""
     configs: list[DTWConfig] = []
-    for override in [{}, *options.cka.stability]:
+    keys = ["metrics.dtw", *(f"metrics.cka.stability[{i}]" for i in range(len(options.cka.stability)))]
+    for key, override in zip(keys, [{}, *options.cka.stability]):
         spec = {**as_dict(options.dtw), **override}
-        if spec["base_layer"] not in layers and spec["base_layer"] <= layers[-1]:
-            raise ValueError(f"config key metrics.dtw.base_layer: layer {spec['base_layer']} is not stored "
-                             f"(stored: {layers})")
-        base_layer = min(spec["base_layer"], layers[-1])
+        key = f"{key if 'base_layer' in override else 'metrics.dtw'}.base_layer"
+        base_layer = check_layer(key, spec["base_layer"], model, n_layers)
+        if base_layer not in layers:
+            raise ValueError(f"{key}: layer {base_layer} of {model} is not analysed (analysed: {layers}; "
+                             "metrics.last_layer and states.layers choose them)")
         config = DTWConfig(base_layer, layers.index(base_layer), spec["metric"], spec["band"])
         if config not in configs:
             configs.append(config)
@@ -69,10 +72,16 @@ class StoredItem:
     readouts: dict[str, np.ndarray]
 
 
+def model_depth(reader: StoreReader) -> int:
+    """The stored model's number of decoder blocks L, its last hidden state (stores without it: the last stored
+    layer)."""
+    return int(reader.manifest.get("extra", {}).get("n_layers", max(reader.layers)))
+
+
 def analysed_layers(reader: StoreReader, last_layer: str) -> list[int]:
     """The stored layers the metrics use: all, or (`last_layer` "exclude") without the model's last state, which
-    `output_hidden_states` returns after the final norm (stores without the model's depth: the last stored one)."""
-    final = reader.manifest.get("extra", {}).get("n_layers", max(reader.layers))
+    `output_hidden_states` returns after the final norm."""
+    final = model_depth(reader)
     return [l for l in reader.layers if last_layer == "include" or l != final]
 
 
@@ -141,9 +150,12 @@ class MetricsRun:
         self.stores, self.options, self.device = stores, options, device
         self.layers: list[int] = analysed_layers(first, options.last_layer)
         self.manifests = [StoreReader(s).manifest for s in stores]
+        if not sum(m["n_items"] for m in self.manifests):
+            raise ValueError(f"{first.manifest['model']}: no item in its stores {', '.join(map(str, stores))} "
+                             f"({sum(len(m.get('skipped', [])) for m in self.manifests)} skipped by the states stage)")
         self.word_spans = {r.id: r.spans for r in read_rows(corpus, options.truth)}
         self.subjects = dict(zip(corpus["id"], corpus["subject"]))
-        self.configs = dtw_configs(options, self.layers)
+        self.configs = dtw_configs(options, self.layers, first.manifest["model"], model_depth(first))
         n, d, cka = len(self.layers), first.manifest["d"], options.cka
         self.cka = {c.label: estimator_accumulators(n, d, cka, device) for c in self.configs}
         self.cka[TRUTH] = estimator_accumulators(n, d, cka, device)
@@ -288,8 +300,8 @@ class MetricsRun:
                 "null": {"n_perm": self.options.cka.n_perm, "pairing": "proportional, speech items with other items' "
                          "text (seeded derangements in blocks)"},
                 "dtw_configs": [asdict(c) | {"label": c.label} for c in self.configs],
-                "stores": [{"path": str(s), "config_hash": m.get("config_hash"), "model": m["model"]}
-                           for s, m in zip(self.stores, self.manifests)]}
+                "stores": [{"path": str(s), "config_hash": m.get("config_hash"), "model": m["model"],
+                            "n_skipped": len(m.get("skipped", []))} for s, m in zip(self.stores, self.manifests)]}
 
 
 def cka_readout_table(cka: pd.DataFrame, tau: float, bootstrap: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from modgap.corpus.audio import AudioError
 from modgap.corpus.items import LETTERS, OPEN_TASKS, Item, Style, spoken_text, words_of
 from modgap.corpus.timing import SAMPLE_RATE
 from modgap.devices import resolve_device
@@ -40,7 +41,7 @@ _AUDIO_REF = "question.wav"  # the audio part's reference; templates only test f
 _PROBE = Item("probe", "probe", "Which one is the probe?", ["this one", "that one"], 0)  # renders `prompt_ids`
 
 
-class LongAudioError(ValueError):
+class LongAudioError(AudioError):
     """Audio longer than the model's window with `long_audio="reject"`; the message names the item and duration."""
 
 
@@ -278,11 +279,11 @@ class SpeechLM:
 
         Audio longer than `window_samples` is rejected (LongAudioError) or split into windows whose encoder outputs
         are concatenated, so the time mapping continues. With `word_spans_ms` [W, 2] the span positions get word
-        indices.
+        indices. An empty recording, or one filling no audio position, is an AudioError naming the item.
         """
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1 or wave.size == 0:
-            raise ValueError(f"item {item.id}: expected a non-empty 1-D waveform, got shape {wave.shape}")
+            raise AudioError(f"item {item.id}: expected a non-empty 1-D waveform, got shape {wave.shape}")
         window = self.window_samples
         if window is not None and wave.size > window and self.long_audio == "reject":
             raise LongAudioError(
@@ -291,7 +292,7 @@ class SpeechLM:
             )
         audio = self._audio(wave)
         if audio.n_content == 0:
-            raise ValueError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
+            raise AudioError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
         text = self._speech_text(audio.n_placeholders, self.prompt.instruction_for(item, style))
         enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
         ids = {k: enc[k] for k in ("input_ids", "attention_mask")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from modgap.options import StageOptions
+from modgap.options import StageOptions, check_layer
 
 
 @dataclass(frozen=True)
@@ -24,10 +24,9 @@ class StatesOptions(StageOptions):
     max_items: int | None
     readouts: tuple[str, ...]
 
-
-    def stored_layers(self, n_layers: int) -> list[int]:
-        """The layers dumped for a model with `n_layers` decoder blocks; ValueError naming the key otherwise."""
-        layers = list(range(n_layers + 1)) if self.layers == "all" else list(self.layers)
-        if bad := [l for l in layers if not 0 <= l <= n_layers]:
-            raise ValueError(f"config key states.layers: {bad} out of range: the model has layers 0..{n_layers}")
-        return layers
+    def stored_layers(self, n_layers: int, model: str) -> list[int]:
+        """The layers dumped for `model`, which has `n_layers` decoder blocks; ValueError naming the key, the model
+        and its range for a layer outside it."""
+        if self.layers == "all":
+            return list(range(n_layers + 1))
+        return [check_layer("states.layers", l, model, n_layers) for l in self.layers]

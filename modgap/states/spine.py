@@ -4,10 +4,13 @@
 span, or at the decision position of every layer) and optionally under an edit. `run` walks a shard's rows in
 batches, runs S and T through `forward`, hands each readout what it needs and yields one `Batch` per step. The
 states dump, the calibration fit and every intervention consume it; option scoring stays with the consumer
-(`SpeechLM.score_prefill` on the yielded prefills).
+(`SpeechLM.score_prefill` on the yielded prefills). A row whose prompt cannot be built in some condition (an
+`AudioError`: unreadable recording, longer than the window under long_audio "reject", filling no audio position) is
+skipped in every condition, so S and T stay paired, and reported in its step's `Batch.skipped` with its reason.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from modgap.corpus.audio import AudioError
 from modgap.corpus.items import Item
 from modgap.corpus.table import Row
 from modgap.models.base import Inputs, Prefill, SpeechLM
@@ -23,6 +27,7 @@ from modgap.models.hooks import RowEdit, edit_rows, record_rows
 from modgap.states.readouts import Readout, Seen
 
 CONDITIONS = ("S", "T")
+log = logging.getLogger("modgap")
 
 
 @dataclass
@@ -61,6 +66,39 @@ def condition_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, conditi
     return [adapter.text_inputs(r.item, style) for r in rows]
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """An item left out of every condition: the condition whose prompt could not be built and why (one line naming
+    the item)."""
+
+    id: str
+    condition: str
+    reason: str
+
+
+def batch_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, conditions: Sequence[str]
+                 ) -> tuple[list[Row], dict[str, list[Inputs]], list[Skipped]]:
+    """The rows whose prompt builds in every condition, their prompts per condition, and the other rows as `Skipped`
+    (the first condition whose prompt raised an `AudioError`, and its message)."""
+    kept: list[Row] = []
+    inputs: dict[str, list[Inputs]] = {c: [] for c in conditions}
+    skipped: list[Skipped] = []
+    for row in rows:
+        built = {}
+        for c in conditions:
+            try:
+                built[c] = condition_inputs(adapter, [row], style, c)[0]
+            except AudioError as e:
+                skipped.append(Skipped(row.id, c, str(e)))
+                log.warning("skipped in every condition: %s", e)
+                break
+        else:
+            kept.append(row)
+            for c, x in built.items():
+                inputs[c].append(x)
+    return kept, inputs, skipped
+
+
 def forward(
     adapter: SpeechLM,
     inputs: list[Inputs],
@@ -88,11 +126,13 @@ def forward(
 
 @dataclass
 class Batch:
-    """One step of `run`: the rows and items, and per condition the forward and each readout field `[B, *shape]`."""
+    """One step of `run`: the rows run and their items, per condition the forward and each readout field
+    `[B, *shape]`, and the step's skipped rows. A step whose rows were all skipped has no rows and no forwards."""
 
     rows: list[Row]
     forwards: dict[str, Forward]
     readouts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
 
     @property
     def items(self) -> list[Item]:
@@ -112,21 +152,22 @@ def run(
     desc: str = "forward",
     done: int = 0,
 ) -> Iterator[Batch]:
-    """Run `rows` in batches of `batch_items` through every condition and yield each `Batch`, readouts computed.
+    """Run `rows` in batches of `batch_items` through every condition and yield each `Batch`, readouts computed;
+    rows whose prompt cannot be built are skipped (`batch_inputs`).
 
     `done` rows count as already finished (a resumed run passes the rows after them and the bar starts there).
     """
     needs = {n for r in readouts for n in r.needs}
     with tqdm(total=len(rows) + done, initial=done, desc=desc, mininterval=5) as bar:
         for start in range(0, len(rows), batch_items):
-            chunk = list(rows[start : start + batch_items])
-            items = [r.item for r in chunk]
-            batch = Batch(chunk, {})
-            for c in conditions:
-                fwd = forward(adapter, condition_inputs(adapter, chunk, style, c), hidden=hidden,
-                              span_layers=span_layers, decision="decision_states" in needs)
+            chunk = rows[start : start + batch_items]
+            kept, inputs, skipped = batch_inputs(adapter, chunk, style, conditions)
+            batch = Batch(kept, {}, skipped=skipped)
+            for c in conditions if kept else ():
+                fwd = forward(adapter, inputs[c], hidden=hidden, span_layers=span_layers,
+                              decision="decision_states" in needs)
                 batch.forwards[c] = fwd
-                seen = Seen(adapter, c, style, items, fwd.inputs, fwd.prefills, fwd.decision)
+                seen = Seen(adapter, c, style, batch.items, fwd.inputs, fwd.prefills, fwd.decision)
                 batch.readouts[c] = {k: v for r in readouts for k, v in r(seen).items()}
             yield batch
             bar.update(len(chunk))

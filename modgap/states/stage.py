@@ -1,6 +1,7 @@
 """States stage driver: run a speech LLM on each corpus row as speech (S) and as text (T) through the forward spine,
 score the answer, and write the span hidden states of the selected layers and every enabled readout's fields into a
-resumable Zarr store (`modgap.states.store`)."""
+resumable Zarr store (`modgap.states.store`). Items the spine skips (no buildable S input) are recorded in the store's
+`skipped` with their reason, and gathered per model into `skipped.csv` and the accuracy table's `n_skipped`."""
 from __future__ import annotations
 
 import hashlib
@@ -54,9 +55,11 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
                 model_id: str, config_hash: str = "") -> pd.DataFrame:
     """Run S and T for every row, write the store at `out_path` and return its predictions table.
 
-    A killed run leaves `<out_path>.partial`; calling again resumes after the last committed item.
+    A row the spine skips is recorded in the store with its reason; when every row is skipped the store holds no
+    item. A killed run leaves `<out_path>.partial`; calling again resumes with the rows not yet committed (skipped
+    rows are met, and recorded, again).
     """
-    layers = options.stored_layers(adapter.n_layers)
+    layers = options.stored_layers(adapter.n_layers, model_id)
     readouts = readout_registry.enabled(options.readouts)
     writer = StoreWriter(
         out_path, model=model_id, layers=layers, d=adapter.hidden_size,
@@ -66,8 +69,13 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
     )
     times = {"S": lambda x: adapter.position_times_ms(len(x.span)), "T": lambda x: np.full((len(x.span), 2), -1.0)}
     with writer:
-        for batch in spine.run(adapter, rows[writer.n_done :], style, batch_items=options.batch_items, hidden=True,
-                               readouts=readouts, desc=f"states {model_id}", done=writer.n_done):
+        done = set(writer.done_ids)
+        for batch in spine.run(adapter, [r for r in rows if r.id not in done], style, batch_items=options.batch_items,
+                               hidden=True, readouts=readouts, desc=f"states {model_id}", done=writer.n_done):
+            for skipped in batch.skipped:
+                writer.skip(skipped.id, skipped.condition, skipped.reason)
+            if not batch.rows:
+                continue
             conds = {}
             for c, fwd in batch.forwards.items():
                 scores = [adapter.score_prefill(p, it, style, options.norm) for p, it in zip(fwd.prefills, batch.items)]
@@ -77,13 +85,13 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
     return predictions_table(StoreReader(out_path))
 
 
-def accuracy_table(predictions: pd.DataFrame, **labels: str) -> pd.DataFrame:
-    """One row: `labels` (model, dataset, voice), text and speech accuracy, GAP in points, and item count."""
+def accuracy_table(predictions: pd.DataFrame, n_skipped: int = 0, **labels: str) -> pd.DataFrame:
+    """One row: `labels` (model, dataset, voice), text and speech accuracy, GAP in points, the item count and the
+    count of items skipped (not in `predictions`)."""
     acc = predictions.pivot_table(index="id", columns="condition", values="correct")
     text, speech = float(acc["T"].mean()), float(acc["S"].mean())
-    return pd.DataFrame(
-        [{**labels, "text_acc": text, "speech_acc": speech, "gap": round(100 * (text - speech), 2), "n_items": len(acc)}]
-    )
+    return pd.DataFrame([{**labels, "text_acc": text, "speech_acc": speech, "gap": round(100 * (text - speech), 2),
+                          "n_items": len(acc), "n_skipped": n_skipped}])
 
 
 def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: StatesOptions, out_path: str | Path,
@@ -99,10 +107,18 @@ def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: State
     return dump_states(adapter, rows, style, out_path, options, run.name, config_hash=digest[:12])
 
 
-def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path) -> pd.DataFrame:
-    """Concatenate the shards' predictions (Parquet) and write the model's accuracy row (CSV)."""
-    pred = pd.concat([predictions_table(StoreReader(s)) for s in stores], ignore_index=True)
+def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path,
+                 skipped_out: str | Path) -> pd.DataFrame:
+    """Concatenate the shards' predictions (Parquet) and skipped items (CSV: shard, id, condition, reason) and write
+    the model's accuracy row (CSV); ValueError naming the labels and the first reason when every item was skipped."""
+    readers = [StoreReader(s) for s in stores]
+    pred = pd.concat([predictions_table(r) for r in readers], ignore_index=True)
+    skipped = pd.concat([r.skipped().assign(shard=Path(r.path).stem) for r in readers], ignore_index=True)
+    if pred.empty:
+        raise ValueError(f"{'/'.join(map(str, labels.values()))}: every item was skipped ({len(skipped)}; first: "
+                         f"{skipped['reason'].iloc[0] if len(skipped) else 'none recorded'})")
+    acc = accuracy_table(pred, len(skipped), **labels)
     write_parquet(pred.drop(columns="item"), predictions_out)
-    acc = accuracy_table(pred, **labels)
+    write_csv(skipped[["shard", "id", "condition", "reason"]], skipped_out)
     write_csv(acc, accuracy_out)
     return acc

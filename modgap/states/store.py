@@ -10,7 +10,8 @@ Layout (cond: each condition the writer is given, S and T by default; shapes in 
   {cond}/pred [items] int16 (-1 unparsed), {cond}/correct [items] int8, {cond}/loglik [items, n_options] float32
   {cond}/readouts/{field}                   [items, *shape] float32: each readout field of `modgap.states.readouts`
                                             (the manifest's `readouts` maps field -> per-item shape); NaN where none
-Group attributes: the manifest, `n_done` (items committed) and `complete`. Every chunk ends in a crc32c.
+Group attributes: the manifest, `n_done` (items committed) and `complete`; a complete store's `skipped` lists the
+items left out, each {id, condition, reason} (`StoreWriter.skip`). Every chunk ends in a crc32c.
 One job must own the whole group: zarr has no locks, and two writers in one chunk silently lose data.
 """
 from __future__ import annotations
@@ -132,10 +133,11 @@ class StoreWriter:
     """Write a store at `path` through `<path>.partial/`, renamed to `path` by `close()`.
 
     A partial store of the same setup (model, config hash, layers, dtype, ...) is resumed, one of another setup
-    is discarded. Resumed, its first `n_done` items are committed, the caller appends from item `n_done` on, and
-    anything written after the last commit is dropped. Hidden states are buffered until they fill whole chunks,
-    so each chunk is written once; an item is committed once its positions are in flushed chunks in every
-    condition. `append` moves tensors to CPU and hands them to one writer thread (a queue of 2 batches); the
+    is discarded. Resumed, its first `n_done` items (`done_ids`) are committed, the caller appends the items after
+    them, and anything written after the last commit is dropped. Items the caller leaves out are recorded with
+    `skip`; the records are kept in memory until `close`, so a resumed caller meets its skipped items again.
+    Hidden states are buffered until they fill whole chunks, so each chunk is written once; an item is committed
+    once its positions are in flushed chunks in every condition. `append` moves tensors to CPU and hands them to one writer thread (a queue of 2 batches); the
     thread's errors are raised by the next `append`, `flush` or `close`.
     `zstd_level=None` stores uncompressed (still checksummed): zstd level 1 saves 6-21% of fp16 activations and,
     on 2 busy cores, costs about a third of the write speed (170 vs 260 MB/s for zarr alone).
@@ -164,6 +166,7 @@ class StoreWriter:
         self._offsets = {c: np.zeros(1, np.int64) for c in conds}  # of every item appended
         self._rows: list[tuple[list[str], dict[str, dict[str, np.ndarray]]]] = []  # metadata not yet written
         self._n_rows = 0  # items whose metadata is written
+        self._skipped: dict[str, dict[str, str]] = {}  # item id -> {id, condition, reason}
         self._error: BaseException | None = None
         try:
             with _quiet():
@@ -171,6 +174,7 @@ class StoreWriter:
         except Exception:  # noqa: BLE001 - nothing there, or a wreck: start over
             attrs = {}
         self.n_done = self._resume() if {k: attrs.get(k) for k in self.setup} == self.setup else self._create()
+        self.done_ids: list[str] = [str(i) for i in self._arrays["ids"][: self.n_done]]
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"store {path}") if background else None
         if self._thread:
@@ -244,6 +248,11 @@ class StoreWriter:
         else:
             self._queue.put(job)
 
+    def skip(self, item_id: str, condition: str, reason: str) -> None:
+        """Record an item left out of the store: the condition whose input failed and why (the manifest's
+        `skipped`, written by `close`; recording an item again replaces its record)."""
+        self._skipped[str(item_id)] = {"id": str(item_id), "condition": condition, "reason": reason}
+
     def _prepare(self, cond: str, b: CondBatch, B: int) -> dict[str, np.ndarray]:
         """Validate; move the hidden states to CPU in one block, in the store dtype."""
         lengths = _np(b.lengths, B, np.int64, f"{cond}.lengths")
@@ -299,8 +308,8 @@ class StoreWriter:
     def _flush(self, cond: str, final: bool) -> bool:
         """Write the buffered positions that fill whole chunks (all of them if `final`); keep the rest."""
         P = self.setup["chunk_positions"]
-        if not final and sum(x.shape[1] for x in self._pending[cond]) < P:
-            return False
+        if not self._pending[cond] or (not final and sum(x.shape[1] for x in self._pending[cond]) < P):
+            return False  # nothing appended, or not a whole chunk yet
         buf = np.concatenate(self._pending[cond], axis=1)
         n = buf.shape[1] if final else buf.shape[1] // P * P
         _put(self._arrays[f"{cond}/hidden"], self._base[cond], buf[:, :n], axis=1)
@@ -349,7 +358,7 @@ class StoreWriter:
         self._commit()
         self._truncate(n := self._n())
         self._group.update_attributes({**self.setup, "n_items": n, "n_done": n, "extra": self.extra,
-                                       "complete": True})
+                                       "skipped": list(self._skipped.values()), "complete": True})
         self.partial.rename(self.path)
         return self.path
 
@@ -425,6 +434,10 @@ class StoreReader:
         """Per-position metadata (columns item, seq, word, start_ms, end_ms) of one item, or of all."""
         sel = () if item is None else (self._span(cond, item),)
         return pd.DataFrame({f: self._read(f"{cond}/{f}", sel) for f in POS_FIELDS})
+
+    def skipped(self) -> pd.DataFrame:
+        """The items left out of the store (columns id, condition, reason; none in stores written before skipping)."""
+        return pd.DataFrame(self.manifest.get("skipped", []), columns=["id", "condition", "reason"])
 
     @property
     def readout_fields(self) -> dict[str, tuple[int, ...]]:
