@@ -3,6 +3,8 @@
 References: mistral-common's own `encode_chat_completion` of the same request, VoxtralProcessor fed the audio as a
 file, WhisperFeatureExtractor on the padded waveform, and the tekken encodings of the prompt's texts.
 """
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -172,3 +174,12 @@ def test_system_prompt_with_audio(tmp_path, reference):
     begin_system, end_system, inst = 17, 18, 3
     assert t_before == [1, begin_system, *encode(reference, "Be brief."), end_system, inst]
     assert s_before == t_before + [BEGIN_AUDIO] and s_after == t_after
+
+
+def test_tokenizer_window_must_equal_the_encoders(tmp_path):
+    path = tiny.build_voxtral(tmp_path / "m")
+    tekken = json.loads((path / "tekken.json").read_text())
+    tekken["audio"]["chunk_length_s"] = 15.0
+    (path / "tekken.json").write_text(json.dumps(tekken))
+    with pytest.raises(ValueError, match="mistral-common pads audio to 240000 samples but the encoder window is 480000"):
+        load_adapter("voxtral", path, device="cpu")

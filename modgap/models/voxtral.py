@@ -5,15 +5,16 @@ Voxtral checkpoints ship only a mistral-common (tekken) tokenizer, which transfo
 Jinja chat template and no offsets mapping. Both prompts therefore go through the official path,
 `VoxtralProcessor.apply_chat_template` (mistral-common's `encode_chat_completion`): the system prompt as a system
 message, the user turn, and the answer cue as a final assistant message that is continued. The audio is passed as a
-base64 float WAV of the 16 kHz waveform (lossless; offline the processor takes audio as a file path, URL or base64).
+base64 float WAV of the 16 kHz waveform: lossless, and the processor takes audio only as a file path, URL or base64
+string, not as an array.
 
 The instruction follows the question in the same user turn: after the audio part in S; appended to the transcript in
 T, as one text part, since mistral-common joins separate text parts with a blank line that S does not get.
 
-mistral-common pads the audio to whole windows and puts `max_source_positions / 4` placeholders per window (375 per
-30 s); the processor cuts the log-mel features of the padded audio into windows of `2 * max_source_positions` frames,
-and the encoder plus projector (4 frames per position) fill the placeholders. Only the first
-`ceil(samples / samples_per_position)` placeholders cover the recording: those are the span; the rest encode padding.
+mistral-common pads the audio to whole 30 s windows and puts 12.5 placeholders per second of it (375 per window, as
+the encoder's `max_source_positions / 4`); the processor cuts the log-mel features of the padded audio into windows of
+`2 * max_source_positions` frames, and the encoder plus projector (4 frames per position) fill the placeholders. Only
+the first `ceil(samples / 1280)` placeholders cover the recording: those are the span; the rest encode padding.
 T word offsets come from the token pieces' bytes (mistral-common's decoding), located after the user turn's [INST].
 """
 from __future__ import annotations
