@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import tiny_models as tiny
-from transformers import Qwen2AudioProcessor, VoxtralProcessor, WhisperFeatureExtractor
+from transformers import Qwen2AudioProcessor
 
 from modgap.corpus.items import Item, spoken_text, words_of
 from modgap.models import (
@@ -83,10 +83,10 @@ def test_speech_span_matches_geometry(family, adapters, inputs):
 
 @pytest.mark.parametrize("family", list(tiny.BUILDERS))
 @pytest.mark.parametrize("style", ["letter", "cloze"])
-def test_text_span_decodes_to_the_transcript(family, style, tok, inputs):
+def test_text_span_decodes_to_the_transcript(family, style, adapters, inputs):
     t = inputs[family][style]
     transcript = spoken_text(ITEM, style)
-    assert tok.decode(t.model_inputs["input_ids"][0, t.span]) == transcript
+    assert adapters[family].tokenizer.decode(t.model_inputs["input_ids"][0, t.span]) == transcript
     assert t.text.count(transcript) == 1
     assert len(t.words) == len(t.span)
     assert set(t.words) - {-1} == set(range(len(words_of(transcript))))
@@ -112,17 +112,6 @@ def test_qwen2_audio_inputs_equal_its_processor(paths, adapters, inputs):
     assert torch.equal(ref["input_ids"], s.model_inputs["input_ids"])
     assert torch.equal(ref["input_features"], s.model_inputs["input_features"])
     assert torch.equal(ref["feature_attention_mask"], s.model_inputs["feature_attention_mask"])
-
-
-def test_voxtral_features_equal_its_processor(paths, tok):
-    a = load_adapter("voxtral", paths["voxtral"], device="cpu", long_audio="window")
-    w = wave(4.5)
-    processor = VoxtralProcessor(WhisperFeatureExtractor.from_pretrained(paths["voxtral"]), tok)
-    ref = processor._retrieve_input_features(
-        [w], a.window_frames, sampling_rate=16000, padding=True, truncation=False,
-        pad_to_multiple_of=a.window_samples, return_tensors="pt",
-    )
-    assert torch.equal(a.speech_inputs(ITEM, w, "cloze").model_inputs["input_features"], ref)
 
 
 def torchaudio_log_mel(w: np.ndarray) -> torch.Tensor:
@@ -272,9 +261,8 @@ def test_hooks_see_and_edit_the_span(family, adapters, inputs):
 
 @pytest.mark.parametrize(
     "family, placeholders, content",
-    # 4.5 s with 2 s windows. Whisper: 2 + 2 + 0.5 s -> 50 + 50 + 12 positions; Voxtral: 3 whole windows of 25,
-    # ceil(72000 / 1280) = 57 of them cover the recording.
-    [("qwen2_audio", 112, 112), ("qwen2_5_omni", 112, 112), ("voxtral", 75, 57)],
+    # 4.5 s with 2 s windows. Whisper: 2 + 2 + 0.5 s -> 50 + 50 + 12 positions. Voxtral's 30 s windows: test_voxtral.
+    [("qwen2_audio", 112, 112), ("qwen2_5_omni", 112, 112)],
 )
 def test_long_audio_rejected_or_windowed(family, placeholders, content, paths, adapters):
     w = wave(4.5)
@@ -371,7 +359,9 @@ def test_prompt_ids_render_system_instruction_and_cue(paths, tok):
     bare = ids()("letter")
     system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"  # the template's own
     assert tok.decode(bare["T"]) == f"{system}{PROBE_T}<|im_end|>\n<|im_start|>assistant\n"
-    assert tok.decode(bare["S"]) == f"{system}Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n<|im_end|>\n<|im_start|>assistant\n"
+    one_second = "<|AUDIO|>" * 25  # the probe's second of silence: 25 positions of 40 ms
+    assert tok.decode(bare["S"]) == (f"{system}Audio 1: <|audio_bos|>{one_second}<|audio_eos|>\n<|im_end|>\n"
+                                     "<|im_start|>assistant\n")
     assert tok.decode(ids(system="Be brief.")("letter")["T"]).startswith("<|im_start|>system\nBe brief.<|im_end|>")
     for changed in (ids(system="Be brief."), ids(cue="The answer is"), ids(instruction={"letter": "\nA letter."})):
         new = changed("letter")

@@ -2,15 +2,21 @@
 
 Each `build_*` writes a model (`save_pretrained`) and its preprocessing (tokenizer with a chat template in the style of
 the real checkpoint, feature-extractor config) to a folder and returns it. Text side: 2 layers, hidden 32, 4 heads.
+Voxtral, like its hub checkpoints, gets a mistral-common tekken tokenizer (`tekken.json`) instead.
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
 
 import torch
+from mistral_common.tokens.tokenizers.audio import AudioConfig, AudioSpectrogramConfig
+from mistral_common.tokens.tokenizers.base import SpecialTokens, TokenizerVersion
+from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 from peft import LoraConfig, get_peft_model
+from tiktoken._educational import bpe_train
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GraniteSpeechConfig,
@@ -28,7 +34,6 @@ from transformers import (
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 OMNI_SPECIALS = ["<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"]
-MISTRAL_SPECIALS = ["<s>", "</s>", "[INST]", "[/INST]", "[AUDIO]", "[BEGIN_AUDIO]"]
 GRANITE_SPECIALS = ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|audio|>"]
 CORPUS = [
     "what is five plus ten", "how much is fifteen plus zero", "which number is just after one",
@@ -55,12 +60,6 @@ OMNI_TEMPLATE = (
     "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-VOXTRAL_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST]"
-    "{% for content in message['content'] %}{% if content['type'] == 'audio' %}[BEGIN_AUDIO][AUDIO]"
-    "{% else %}{{ content['text'] }}{% endif %}{% endfor %}[/INST]{% else %}{{ message['content'] }}</s>"
-    "{% endif %}{% endfor %}"
-)
 GRANITE_TEMPLATE = (
     "{% for message in messages %}<|start_of_role|>{{ message['role'] }}<|end_of_role|>{{ message['content'] }}"
     "<|end_of_text|>\n{% endfor %}{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
@@ -73,14 +72,14 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = QWEN_SPECIALS + OMNI_SPECIALS + MISTRAL_SPECIALS + GRANITE_SPECIALS
+    specials = QWEN_SPECIALS + OMNI_SPECIALS + GRANITE_SPECIALS
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|endoftext|>", bos_token="<s>", eos_token="<|im_end|>",
+        tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
         additional_special_tokens=specials[1:], clean_up_tokenization_spaces=False,
     )
 
@@ -138,21 +137,62 @@ def build_omni(out: Path, tok: PreTrainedTokenizerFast, window_s: int = 2) -> Pa
     return _save(Qwen2_5OmniThinkerForConditionalGeneration(config), out)
 
 
-def build_voxtral(out: Path, tok: PreTrainedTokenizerFast, window_s: int = 2) -> Path:
-    """Voxtral with a `window_s` encoder window (encoder intermediate_size = 4 * hidden_size)."""
+# Voxtral-Mini-3B-2507's tekken.json: its pre-tokenizer pattern, 1000 special tokens (the 20 mistral-common knows for
+# older tekken files, [AUDIO] 24 and [BEGIN_AUDIO] 25 as transformers' VoxtralProcessor and VoxtralConfig assume),
+# version v7 (no system prompt with audio), 16 kHz audio at 12.5 tokens/s padded to 30 s chunks. Where the other
+# named special tokens sit is illustrative.
+TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+    r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+TEKKEN_SPECIALS = {24: SpecialTokens.audio, 25: SpecialTokens.begin_audio, 32: SpecialTokens.args,
+                   33: SpecialTokens.call_id, 34: SpecialTokens.transcribe}
+TEKKEN_AUDIO = AudioConfig(
+    sampling_rate=16000, frame_rate=12.5, chunk_length_s=30.0,
+    encoding_config=AudioSpectrogramConfig(num_mel_bins=128, hop_length=160, window_size=400),
+)
+N_SPECIAL = 1000
+
+
+def tiny_tekken(version: str = "v7") -> dict:
+    """A tekken.json of a byte-level BPE trained on CORPUS (checked by building the Tekkenizer in memory)."""
+    ranks = bpe_train(" ".join(CORPUS), 330, TEKKEN_PATTERN, visualise=None)  # [bytes -> rank], ranks 0-255 the bytes
+    vocab = [{"rank": r, "token_bytes": base64.b64encode(b).decode(), "token_str": b.decode("utf-8", "replace")}
+             for b, r in sorted(ranks.items(), key=lambda kv: kv[1])]
+    specials = [dict(t) for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
+    specials += [{"rank": i, "token_str": TEKKEN_SPECIALS.get(i, Tekkenizer.SPECIAL_TOKEN_TEMPLATE.format(id=i)),
+                  "is_control": True} for i in range(len(specials), N_SPECIAL)]
+    Tekkenizer(vocab, specials, TEKKEN_PATTERN, len(vocab) + N_SPECIAL, N_SPECIAL, TokenizerVersion(version),
+               audio_config=TEKKEN_AUDIO)
+    audio = {"sampling_rate": TEKKEN_AUDIO.sampling_rate, "frame_rate": TEKKEN_AUDIO.frame_rate,
+             "chunk_length_s": TEKKEN_AUDIO.chunk_length_s, "audio_encoding_config": vars(TEKKEN_AUDIO.encoding_config)}
+    config = {"pattern": TEKKEN_PATTERN, "num_vocab_tokens": len(vocab), "default_vocab_size": len(vocab) + N_SPECIAL,
+              "default_num_special_tokens": N_SPECIAL, "version": version}
+    return {"config": config, "vocab": vocab, "special_tokens": specials, "audio": audio}
+
+
+def build_voxtral(out: Path, version: str = "v7") -> Path:
+    """Voxtral with the real checkpoint's audio geometry (30 s windows, max_source_positions 1500, encoder
+    intermediate_size = 4 * hidden_size, audio token 24), saved as on the hub: tekken.json (tokenizer `version`) and
+    the Whisper preprocessor_config.json, no chat template."""
     torch.manual_seed(0)
+    tekken = tiny_tekken(version)
     config = VoxtralConfig(
         audio_config=dict(
             hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-            max_source_positions=window_s * 50, num_mel_bins=128,
+            max_source_positions=1500, num_mel_bins=128,
         ),
         text_config=dict(
-            model_type="llama", vocab_size=len(tok), max_position_embeddings=512, head_dim=8, **TEXT
+            model_type="llama", vocab_size=tekken["config"]["default_vocab_size"], max_position_embeddings=131072,
+            head_dim=8, **TEXT,
         ),
-        audio_token_id=tok.convert_tokens_to_ids("[AUDIO]"),
+        audio_token_id=24,
     )
-    _whisper(window_s).save_pretrained(out)
-    _with_template(tok, VOXTRAL_TEMPLATE).save_pretrained(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tekken.json").write_text(json.dumps(tekken))
+    features = _whisper(30).to_dict() | {"processor_class": "VoxtralProcessor"}
+    (out / "preprocessor_config.json").write_text(json.dumps(features))
     return _save(VoxtralForConditionalGeneration(config), out)
 
 
@@ -212,6 +252,7 @@ def build_granite_with_lora(out: Path, tok: PreTrainedTokenizerFast) -> Path:
 
 
 BUILDERS = {
-    "qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_omni, "voxtral": build_voxtral,
+    "qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_omni,
+    "voxtral": lambda out, tok: build_voxtral(out),  # its own tekken vocabulary, as on the hub
     "granite_speech": build_granite,
 }

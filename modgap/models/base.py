@@ -140,9 +140,7 @@ class SpeechLM:
         prompt: Prompt,
     ) -> None:
         self.path, self.model, self.tokenizer, self.long_audio, self.prompt = path, model, tokenizer, long_audio, prompt
-        self.chat_template = ProcessorMixin.get_processor_dict(path)[0].get("chat_template") or tokenizer.chat_template
-        if not self.chat_template:
-            raise ValueError(f"{self.family}: {path} has no chat template (neither processor nor tokenizer)")
+        self.chat_template = self._chat_template()
         self.audio_token_id = int(model.config.audio_token_id)
         self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
 
@@ -173,6 +171,14 @@ class SpeechLM:
             model = model.to(resolve_device(device))
         return cls(path, model.eval(), AutoTokenizer.from_pretrained(path), long_audio, prompt)
 
+    def _chat_template(self) -> str | None:
+        """The Jinja chat template prompts are rendered with: the processor's, else the tokenizer's. A family whose
+        prompts are rendered by its tokenizer library instead (Voxtral: mistral-common) returns None."""
+        template = ProcessorMixin.get_processor_dict(self.path)[0].get("chat_template") or self.tokenizer.chat_template
+        if not template:
+            raise ValueError(f"{self.family}: {self.path} has no chat template (neither processor nor tokenizer)")
+        return template
+
     # --- family-specific audio geometry ------------------------------------------------------------------------------
     @property
     def window_samples(self) -> int | None:
@@ -192,7 +198,8 @@ class SpeechLM:
         return self.ms_per_position
 
     def _audio(self, wave: np.ndarray) -> AudioInputs:
-        """Audio kwargs for the model and position counts of a 16 kHz waveform (already length-checked)."""
+        """Audio kwargs for the model and position counts of a 16 kHz waveform (already length-checked); the kwargs are
+        empty for a family whose `_speech_prompt` makes them with the prompt."""
         raise NotImplementedError
 
     @contextmanager
@@ -259,18 +266,23 @@ class SpeechLM:
 
     def text_inputs(self, item: Item, style: Style) -> Inputs:
         """Condition T: the transcript `spoken_text(item, style)` as the user turn's question content."""
-        transcript, instruction = spoken_text(item, style), self.prompt.instruction_for(item, style)
+        transcript = spoken_text(item, style)
+        text, ids, offsets = self._text_prompt(transcript, self.prompt.instruction_for(item, style))
+        overlap = np.minimum(offsets[:, 1], len(transcript)) - np.maximum(offsets[:, 0], 0)
+        span = np.flatnonzero(overlap > 0)
+        words = positions_to_words(offsets[span], word_char_spans(transcript))
+        return Inputs(item.id, "T", text, ids, torch.from_numpy(span), words)
+
+    def _text_prompt(self, transcript: str, instruction: str | None) -> tuple[str, dict[str, torch.Tensor], np.ndarray]:
+        """The T prompt: its text, input_ids and attention_mask [1, T], and each token's [start, end) character
+        offsets relative to `transcript` [T, 2] (tokens outside it do not overlap [0, len(transcript)))."""
         prefix, suffix = self._split_render({"type": "text", "text": _SENTINEL}, _SENTINEL, instruction)
         text = prefix + transcript + suffix
         if text != self._render({"type": "text", "text": transcript}, instruction):
             raise ValueError(f"{self.family}: the chat template changes the user text; cannot locate the T span")
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
-        offsets = enc.pop("offset_mapping")[0].numpy() - len(prefix)  # [T, 2], relative to the transcript
-        overlap = np.minimum(offsets[:, 1], len(transcript)) - np.maximum(offsets[:, 0], 0)
-        span = np.flatnonzero(overlap > 0)
-        words = positions_to_words(offsets[span], word_char_spans(transcript))
-        ids = {k: enc[k] for k in ("input_ids", "attention_mask")}
-        return Inputs(item.id, "T", text, ids, torch.from_numpy(span), words)
+        offsets = enc.pop("offset_mapping")[0].numpy() - len(prefix)
+        return text, {k: enc[k] for k in ("input_ids", "attention_mask")}, offsets
 
     def speech_inputs(self, item: Item, wave: np.ndarray, style: Style,
                       word_spans_ms: np.ndarray | None = None) -> Inputs:
@@ -293,29 +305,30 @@ class SpeechLM:
         audio = self._audio(wave)
         if audio.n_content == 0:
             raise AudioError(f"item {item.id}: {wave.size} samples of audio fill no {self.family} audio position")
-        text = self._speech_text(audio.n_placeholders, self.prompt.instruction_for(item, style))
-        enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        ids = {k: enc[k] for k in ("input_ids", "attention_mask")}
-        where = torch.nonzero(ids["input_ids"][0] == self.audio_token_id)[:, 0]
+        text, model_inputs = self._speech_prompt(wave, audio, self.prompt.instruction_for(item, style))
+        where = torch.nonzero(model_inputs["input_ids"][0] == self.audio_token_id)[:, 0]
         if len(where) != audio.n_placeholders or int(where[-1] - where[0]) + 1 != len(where):
             raise ValueError(f"{self.family}: {len(where)} audio placeholders after tokenization, expected "
                              f"{audio.n_placeholders} contiguous ones")
         span = where[: audio.n_content]
         words = None if word_spans_ms is None else positions_to_words(self.position_times_ms(len(span)), word_spans_ms)
-        return Inputs(item.id, "S", text, {**ids, **audio.tensors}, span, words)
+        return Inputs(item.id, "S", text, model_inputs, span, words)
+
+    def _speech_prompt(self, wave: np.ndarray, audio: AudioInputs, instruction: str | None
+                       ) -> tuple[str, dict[str, torch.Tensor]]:
+        """The S prompt with `audio.n_placeholders` audio placeholders: its text and model inputs (input_ids and
+        attention_mask [1, T] plus the audio tensors)."""
+        prefix, suffix = self._split_render(self._audio_part(), self.audio_token, instruction)
+        text = prefix + self.audio_token * audio.n_placeholders + suffix
+        enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        return text, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], **audio.tensors}
 
     def prompt_ids(self, style: Style) -> dict[Condition, list[int]]:
-        """Token ids of the S and T prompts of a fixed multiple-choice probe item in `style` (S with one audio
-        placeholder): the rendered system prompt, instruction and cue, through this model's chat template and
-        tokenizer, for a fingerprint of what the model is asked."""
-        speech = self._speech_text(1, self.prompt.instruction_for(_PROBE, style))
-        return {"S": self.tokenizer(speech, add_special_tokens=False)["input_ids"],
-                "T": self.text_inputs(_PROBE, style).model_inputs["input_ids"][0].tolist()}
-
-    def _speech_text(self, n_placeholders: int, instruction: str | None) -> str:
-        """The S prompt with `n_placeholders` audio tokens as the question content."""
-        prefix, suffix = self._split_render(self._audio_part(), self.audio_token, instruction)
-        return prefix + self.audio_token * n_placeholders + suffix
+        """Token ids of the S and T prompts of a fixed multiple-choice probe item in `style` (S with one second of
+        silence): the rendered system prompt, instruction and cue, through this model's own prompt path, for a
+        fingerprint of what the model is asked."""
+        speech = self.speech_inputs(_PROBE, np.zeros(SAMPLE_RATE, dtype=np.float32), style)
+        return {c: x.model_inputs["input_ids"][0].tolist() for c, x in (("S", speech), ("T", self.text_inputs(_PROBE, style)))}
 
     def _audio_part(self) -> dict:
         if self.content_as_string:
