@@ -107,6 +107,15 @@ def test_bad_layer_and_empty_shard(setup, tmp_path):
 
 
 def test_accuracy_table_gap_in_points():
-    pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "correct": [0, 1, 1, 1]})
+    pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "score": [0, 1, 1, 1]})
     row = accuracy_table(pred, model="m").iloc[0]
     assert (row["text_acc"], row["speech_acc"], row["gap"], row["n_items"]) == (1.0, 0.5, 50.0, 2)
+
+
+def test_accuracy_table_means_scores_of_scored_items():
+    """Fractional scores average; an item unscored in either condition is counted apart, not as wrong."""
+    pred = pd.DataFrame({"id": list("aabbcc"), "condition": list("STSTST"),
+                         "score": [0.25, 0.75, 1.0, 1.0, np.nan, 1.0]})
+    row = accuracy_table(pred, model="m").iloc[0]
+    assert (row["text_acc"], row["speech_acc"], row["gap"]) == (0.875, 0.625, 25.0)
+    assert (row["n_items"], row["n_unscored"]) == (2, 1)

@@ -424,10 +424,12 @@ class SpeechLM:
         return Scores(logliks, np.array([len(i) for i in ids]), np.array([len(t) for t in texts]), norm)
 
     @torch.no_grad()
-    def generate(self, inputs: Inputs, max_new_tokens: int = 32) -> str:
-        """Greedy continuation of the prompt, decoded without special tokens."""
+    def generate(self, inputs: Inputs, *, greedy: bool, max_new_tokens: int, repetition_penalty: float) -> str:
+        """The continuation of the prompt (greedy, or sampled with the model's generation config), decoded without
+        special tokens; the arguments are the config's `states.decoding`."""
         with self._condition(inputs.condition):
-            out = self.model.generate(**self._model_inputs(inputs), max_new_tokens=max_new_tokens, do_sample=False)
+            out = self.model.generate(**self._model_inputs(inputs), do_sample=not greedy, max_new_tokens=max_new_tokens,
+                                      repetition_penalty=repetition_penalty)
         return self.tokenizer.decode(out[0, inputs.model_inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
