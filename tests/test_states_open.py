@@ -114,5 +114,7 @@ def test_suite_is_the_unweighted_mean_of_datasets():
     # small counts once at the mean of its voices (0.6, 0.3), whatever the item counts
     assert np.isclose(row["text_acc"], 0.75) and np.isclose(row["speech_acc"], 0.45) and row["gap"] == 30.0
     assert (row["suite"], row["model"], row["n_datasets"], row["datasets"]) == ("vb", "m", 2, "big,small")
+    acc.loc[3, ["text_acc", "speech_acc"]] = np.nan  # a dataset without any scored item
+    assert suite_table(acc, {"vb": ["big", "other"]})[["text_acc", "speech_acc"]].isna().all(axis=None)
     with pytest.raises(ValueError, match=r"suite vb: model m has no accuracy for dataset\(s\) \['missing'\]"):
         suite_table(acc, {"vb": ["big", "missing"]})

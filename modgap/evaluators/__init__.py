@@ -1,11 +1,12 @@
 """Scoring a generated response: one module per task, each a pure function `(response, item) -> Verdict`.
 
-`evaluate` dispatches on `item.task`: "mc" (`mc`: deterministic answer extraction), "refusal" (`refusal`: AdvBench
-refusal-string rate), "ifeval" (`ifeval`: IFEval strict and loose) and "qa" (`qa`: PEDANT, unavailable offline).
+`evaluate` dispatches on `item.task` to the module of that name: "mc" (deterministic answer extraction), "refusal"
+(AdvBench refusal-string rate), "ifeval" (IFEval strict and loose) and "qa" (PEDANT, unavailable offline).
 A score lies in [0, 1]; None means the item cannot be scored here, and `reason` says why.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from modgap.corpus.items import Item, Style
@@ -22,9 +23,7 @@ class Verdict:
 
 
 def evaluate(response: str, item: Item, style: Style) -> Verdict:
-    """Score `response` to `item` with its task's evaluator (`style` matters to multiple choice only)."""
-    from modgap.evaluators import ifeval, mc, qa, refusal  # noqa: PLC0415 - ifeval imports a heavy library
-
-    if item.task == "mc":
-        return mc.evaluate(response, item, style)
-    return {"refusal": refusal.evaluate, "ifeval": ifeval.evaluate, "qa": qa.evaluate}[item.task](response, item)
+    """Score `response` to `item` with its task's evaluator, the module named after the task, imported on first use
+    (ifeval's checkers take seconds to import); `style` matters to multiple choice only."""
+    module = importlib.import_module(f"{__name__}.{item.task}")
+    return module.evaluate(response, item, style) if item.task == "mc" else module.evaluate(response, item)

@@ -13,8 +13,9 @@ def suite_table(accuracy: pd.DataFrame, suites: Mapping[str, Sequence[str]]) -> 
     """One row per (suite, model): n_datasets, text_acc and speech_acc (unweighted means over the suite's datasets;
     a dataset voiced several ways counts once, at the mean over its voices), gap (points) and the datasets.
 
-    accuracy: the states stage's accuracy table (columns model, dataset, voice, text_acc, speech_acc). ValueError
-    naming the suite, model and dataset when a model lacks one of the suite's datasets.
+    accuracy: the states stage's accuracy table (columns model, dataset, voice, text_acc, speech_acc). A dataset
+    without a score (every item unscored, e.g. sd-qa without PEDANT) makes its suite's score NaN rather than a mean
+    over fewer datasets. ValueError naming the suite, model and dataset when a model lacks one of the datasets.
     """
     per_dataset = accuracy.groupby(["model", "dataset"], sort=False)[list(SCORES)].mean()
     rows = []
