@@ -35,6 +35,7 @@ rule all:
         corpus_targets(),
         f"{LAB}/accuracy.csv",
         "results/states/accuracy.csv",
+        "results/states/suites.csv",
         metrics_summaries(),
         stats_targets(),
         interventions_targets(),

@@ -67,6 +67,10 @@ def validate_config(config: dict, root: str | Path = ".") -> dict:
     for name in cfg["states"]["datasets"] or []:
         if name not in cfg["datasets"]:
             raise ConfigError(f"config key states.datasets: {name!r} is not in datasets")
+    run = cfg["states"]["datasets"] or list(cfg["datasets"])
+    for suite, names in cfg["suites"].items():
+        if missing := [n for n in names if n not in run]:
+            raise ConfigError(f"config key suites.{suite}: {missing} not among the datasets the states stage runs")
     return cfg
 
 

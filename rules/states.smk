@@ -1,5 +1,6 @@
-# States: every model runs every test item as speech (S) and as text (T); scores and span hidden states go to one
-# Zarr store per (model, dataset, voice, shard), then per-item predictions, skipped items and accuracy tables.
+# States: every model runs every test item as speech (S) and as text (T); scores, generated answers and span hidden
+# states go to one Zarr store per (model, dataset, voice, shard), then per-item predictions, responses, skipped items
+# and accuracy tables, and each suite's overall score.
 import sys
 
 from modgap.plan import expand_models, storage_report
@@ -63,6 +64,7 @@ rule states_tables:
     output:
         predictions=f"{STATES}/predictions.parquet",
         accuracy=f"{STATES}/accuracy.csv",
+        responses=f"{STATES}/responses.parquet",
         skipped=f"{STATES}/skipped.csv",  # items whose speech input could not be built, with the reason
     threads: 1
     resources:
@@ -93,3 +95,22 @@ rule states_accuracy:
         "../envs/modgap.yaml"
     script:
         "../scripts/states_accuracy.py"
+
+
+rule states_suites:
+    input:
+        "results/states/accuracy.csv",
+    output:
+        report("results/states/suites.csv", caption="../workflow/report/states_suites.rst", category="States"),
+    params:
+        suites=config["suites"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    log:
+        f"{LOGS}/states_suites.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/states_suites.py"

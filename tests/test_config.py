@@ -17,6 +17,8 @@ def test_defaults_are_filled_and_input_untouched():
     assert cfg["datasets"]["lab"]["audio"] == "tts"
     assert cfg["tts"]["rate"] == 175 and cfg["tts"]["voices"]["test"] == ["en-us"]
     assert cfg["align"]["beam"] == 1e-200 and cfg["align"]["asr_gate"]["engine"] is None
+    assert cfg["states"]["scoring"] == "loglik" and cfg["suites"] == {}
+    assert cfg["states"]["decoding"] == {"greedy": True, "max_new_tokens": 2048, "repetition_penalty": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -31,6 +33,11 @@ def test_defaults_are_filled_and_input_untouched():
         ({"datasets": {"b": {"source": "jsonl", "path": "missing.jsonl"}}}, "datasets.b.path"),
         ({"datasets": {"lab": {"source": "lab", "path": "x"}}}, "datasets.lab.path"),
         ({}, "datasets"),
+        ({"datasets": LAB, "states": {"scoring": "sample"}}, "states.scoring"),
+        ({"datasets": LAB, "states": {"decoding": {"greedy": False}}}, "states.decoding.greedy"),
+        ({"datasets": LAB, "states": {"decoding": {"max_new_tokens": 0}}}, "states.decoding.max_new_tokens"),
+        ({"datasets": LAB, "suites": {"vb": ["lab", "sd-qa"]}}, "suites.vb"),
+        ({"datasets": LAB, "suites": {"vb": []}}, "suites.vb"),
     ],
 )
 def test_bad_config_names_the_key(config, key, tmp_path):

@@ -137,9 +137,18 @@ def test_bad_layer_and_empty_shard(setup, tmp_path):
 
 
 def test_accuracy_table_gap_in_points():
-    pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "correct": [0, 1, 1, 1]})
+    pred = pd.DataFrame({"id": ["a", "a", "b", "b"], "condition": ["S", "T", "S", "T"], "score": [0, 1, 1, 1]})
     row = accuracy_table(pred, 3, model="m").iloc[0]
     assert (row["text_acc"], row["speech_acc"], row["gap"], row["n_items"], row["n_skipped"]) == (1.0, 0.5, 50.0, 2, 3)
+
+
+def test_accuracy_table_means_scores_of_scored_items():
+    """Fractional scores average; an item unscored in either condition is counted apart, not as wrong."""
+    pred = pd.DataFrame({"id": list("aabbcc"), "condition": list("STSTST"),
+                         "score": [0.25, 0.75, 1.0, 1.0, np.nan, 1.0]})
+    row = accuracy_table(pred, model="m").iloc[0]
+    assert (row["text_acc"], row["speech_acc"], row["gap"]) == (0.875, 0.625, 25.0)
+    assert (row["n_items"], row["n_unscored"]) == (2, 1)
 
 
 # --- items whose speech input cannot be built ---------------------------------------------------------------------
@@ -232,11 +241,12 @@ def test_skipped_items_reach_the_model_tables(setup, letter_shard, tmp_path):
     empty = dump_states(adapter, rows[1:2], "letter", tmp_path / "shard1.zarr", spec, "tiny")
     assert empty.empty and StoreReader(tmp_path / "shard1.zarr").manifest["n_items"] == 0
     stores = [str(tmp_path / "shard0.zarr"), str(tmp_path / "shard1.zarr")]
-    out = {k: tmp_path / f"{k}.{ext}" for k, ext in [("pred", "parquet"), ("acc", "csv"), ("skipped", "csv")]}
-    acc = write_tables(stores, {"model": "tiny"}, out["pred"], out["acc"], out["skipped"]).iloc[0]
+    out = {k: tmp_path / f"{k}.{ext}" for k, ext in [("pred", "parquet"), ("acc", "csv"), ("responses", "parquet"),
+                                                      ("skipped", "csv")]}
+    acc = write_tables(stores, {"model": "tiny"}, out["pred"], out["acc"], out["responses"], out["skipped"]).iloc[0]
     assert (acc["n_items"], acc["n_skipped"]) == (2, 2)
     skipped = pd.read_csv(out["skipped"])
     assert skipped[["shard", "id", "condition"]].values.tolist() == [["shard0", "long", "S"], ["shard1", "long", "S"]]
     assert skipped["reason"].str.startswith("item long: audio is").all()
     with pytest.raises(ValueError, match=r"^tiny: every item was skipped \(1; first: item long: audio is"):
-        write_tables(stores[1:], {"model": "tiny"}, out["pred"], out["acc"], out["skipped"])
+        write_tables(stores[1:], {"model": "tiny"}, out["pred"], out["acc"], out["responses"], out["skipped"])

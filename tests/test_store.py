@@ -12,7 +12,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from modgap.states.store import (CondBatch, CorruptStoreError, StoreReader, StoreWriter, chunk_positions, disk_factor,
-                          estimate_bytes, predictions_table)
+                          estimate_bytes, predictions_table, responses_table)
 
 LAYERS, D, P = [0, 3, 5], 8, 16  # P positions per chunk: small, so that items straddle chunks
 SETUP = dict(model="tiny", layers=LAYERS, d=D, n_options=4, config_hash="abc", extra={"shard": 0},
@@ -90,10 +90,34 @@ def test_ragged_metadata_and_layer_subset(tmp_path):
     np.testing.assert_array_equal(r.loglik("T")[2], [0, 1, 2, 3])
     assert np.isnan(r.loglik("T")[0, 2:]).all()
     p = predictions_table(r)
-    assert len(p) == 16 and list(p.columns) == ["item", "id", "condition", "prediction", "correct"]
+    assert len(p) == 16 and list(p.columns) == ["item", "id", "condition", "prediction", "correct", "score"]
+    assert (p["score"] == p["correct"]).all()  # multiple choice: the score is the correctness
     assert list(p[p.condition == "T"].prediction) == [x["pred"] for x in items]
     with pytest.raises(ValueError, match="layers \\[1\\] not stored"):
         r.hidden("S", 0, layers=[1])
+
+
+def test_scores_responses_and_reasons(tmp_path):
+    """Open-task items: fractional and missing scores, generated answers and reasons survive the store."""
+    items = make_items(4)
+    score, response = [1.0, 0.25, np.nan, 0.0], ["I'm sorry.", "ok, sure", "Canberra", ""]
+    reason = ["", "", "unscored: no PEDANT", "unparsed: the answer names no choice"]
+    with StoreWriter(tmp_path / "s.zarr", **SETUP) as w:
+        conds = {c: CondBatch(torch.cat([x[c]["h"] for x in items], 1), [x[c]["h"].shape[1] for x in items],
+                              cat([x[c]["seq"] for x in items]), [-1, -1, -1, -1], [1, 0, -1, 0],
+                              score=score, response=[f"{c}: {t}" for t in response], reason=reason) for c in "ST"}
+        w.append([x["id"] for x in items], conds)
+    r = StoreReader(tmp_path / "s.zarr")
+    t = responses_table(r)
+    assert list(t.columns) == ["id", "condition", "response", "score", "prediction", "reason"] and len(t) == 8
+    s = t[t.condition == "S"]
+    assert list(s.response) == [f"S: {x}" for x in response] and list(s.reason) == reason
+    np.testing.assert_array_equal(s.score, np.array(score, np.float32))
+    assert list(r.items_table()["correct_T"]) == [1, 0, -1, 0]
+    w = StoreWriter(tmp_path / "bad.zarr", **SETUP)
+    bad = CondBatch(items[0]["S"]["h"], [items[0]["S"]["h"].shape[1]], items[0]["S"]["seq"], [0], [1], score=[1.5])
+    with pytest.raises(ValueError, match=r"S.score: values outside \[0, 1\]"):
+        w.append(["x"], {"S": bad, "T": bad})
 
 
 def test_chunk_size_realistic(tmp_path):

@@ -62,12 +62,13 @@ def dtw_configs(options: MetricsOptions, layers: list[int], model: str, n_layers
 
 @dataclass
 class StoredItem:
-    """One item read from a store: its id and correctness per condition, its states on the metrics device, and its
-    per-layer readout values `{field}_{cond}` -> [stored layers]."""
+    """One item read from a store: its id and score per condition (correct_*: 0/1 for multiple choice, in [0, 1] for
+    an open task, NaN where unscored), its states on the metrics device, and its per-layer readout values
+    `{field}_{cond}` -> [stored layers]."""
 
     id: str
-    correct_S: int
-    correct_T: int
+    correct_S: float
+    correct_T: float
     states: ItemStates
     readouts: dict[str, np.ndarray]
 
@@ -115,7 +116,7 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
             text_words=torch.tensor(t["word"].to_numpy(np.int64), device=device),
             word_spans_ms=torch.as_tensor(word_spans[item_id], dtype=torch.float32, device=device),
         )
-        yield StoredItem(item_id, int(table["correct_S"][i]), int(table["correct_T"][i]), states,
+        yield StoredItem(item_id, float(table["score_S"][i]), float(table["score_T"][i]), states,
                          {k: v[i] for k, v in readouts.items()})
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -490,19 +490,21 @@ class SpeechLM:
         return Scores(logliks, np.array([len(i) for i in ids]), np.array([len(t) for t in texts]), norm)
 
     @torch.no_grad()
-    def generate(self, inputs: Inputs, max_new_tokens: int = 32) -> str:
-        """Greedy continuation of the prompt, decoded without special tokens.
+    def generate(self, inputs: Inputs, *, greedy: bool, max_new_tokens: int, repetition_penalty: float) -> str:
+        """The continuation of the prompt (greedy, or sampled with the model's generation config), decoded without
+        special tokens; the arguments are the config's `states.decoding`.
 
-        Runs on the unscaled logits of `model.generate`: greedy argmax is the same after dividing by a positive
-        `logits_scaling`, but sampling temperature or logit penalties would not be.
+        Runs on the logits of `model.generate`, which for Granite are not divided by `logits_scaling`: greedy argmax
+        and the (multiplicative) repetition penalty pick the same tokens either way, sampling would not.
         """
         with self._condition(inputs.condition):
-            out = self._generate_ids(self._model_inputs(inputs), max_new_tokens)
+            out = self._generate_ids(self._model_inputs(inputs), do_sample=not greedy, max_new_tokens=max_new_tokens,
+                                     repetition_penalty=repetition_penalty)
         return self.tokenizer.decode(out[0, inputs.model_inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    def _generate_ids(self, model_inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        """[1, T + new] greedy token ids of the model's own `generate`."""
-        return self.model.generate(**model_inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    def _generate_ids(self, model_inputs: dict[str, torch.Tensor], **decoding: Any) -> torch.Tensor:
+        """[1, T + new] token ids of the model's own `generate` under `decoding` (generate's keywords)."""
+        return self.model.generate(**model_inputs, **decoding)
 
 
 # --- pure helpers ---------------------------------------------------------------------------------------------------

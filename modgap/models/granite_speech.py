@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,7 +101,7 @@ class GraniteSpeech(SpeechLM):
             layer.enable_adapters(condition == "S")
         yield
 
-    def _generate_ids(self, model_inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    def _generate_ids(self, model_inputs: dict[str, torch.Tensor], **decoding: Any) -> torch.Tensor:
         """Plain `GenerationMixin.generate`: the model's override only switches the adapter (as `_condition` has),
         with transformers' PEFT calls that need peft >= 0.22."""
-        return GenerationMixin.generate(self.model, **model_inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        return GenerationMixin.generate(self.model, **model_inputs, **decoding)

@@ -4,13 +4,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from modgap.corpus.items import OPEN_TASKS, Item
 from modgap.options import StageOptions, check_layer
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are generated (config `states.decoding`): the keyword arguments of `SpeechLM.generate`."""
+
+    greedy: bool
+    max_new_tokens: int
+    repetition_penalty: float
 
 
 @dataclass(frozen=True)
 class StatesOptions(StageOptions):
     """datasets (None = all), layers ("all" or layer indices, 0 = input embeddings), store dtype, optional BitRound
-    bits, option-score normalisation, items per shard and per forward, an item cap, and the readouts to run."""
+    bits, option-score normalisation, items per shard and per forward, an item cap, the readouts to run, how multiple
+    choice is scored and how answers are generated."""
 
     section: ClassVar[str] = "states"
 
@@ -23,6 +34,12 @@ class StatesOptions(StageOptions):
     batch_items: int
     max_items: int | None
     readouts: tuple[str, ...]
+    scoring: Literal["loglik", "generate"]
+    decoding: Decoding
+
+    def generates(self, item: Item) -> bool:
+        """Whether `item` is scored from a generated answer: every open task, multiple choice under `generate`."""
+        return item.task in OPEN_TASKS or self.scoring == "generate"
 
     def stored_layers(self, n_layers: int, model: str) -> list[int]:
         """The layers dumped for `model`, which has `n_layers` decoder blocks; ValueError naming the key, the model

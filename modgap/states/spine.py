@@ -2,16 +2,17 @@
 
 `forward` runs one batch of prompts of one condition, optionally recording hook-point states (over each prompt's
 span, or at the decision position of every layer) and optionally under an edit. `run` walks a shard's rows in
-batches, runs S and T through `forward`, hands each readout what it needs and yields one `Batch` per step. The
-states dump, the calibration fit and every intervention consume it; option scoring stays with the consumer
-(`SpeechLM.score_prefill` on the yielded prefills). A row whose prompt cannot be built in some condition (an
-`AudioError`: unreadable recording, longer than the window under long_audio "reject", filling no audio position) is
-skipped in every condition, so S and T stay paired, and reported in its step's `Batch.skipped` with its reason.
+batches, runs S and T through `forward`, hands each readout what it needs, generates an answer for the items that
+ask for one (`SpeechLM.generate`) and yields one `Batch` per step. The states dump, the calibration fit and every
+intervention consume it; scoring stays with the consumer (`SpeechLM.score_prefill` on the yielded prefills,
+`modgap.evaluators` on the responses). A row whose prompt cannot be built in some condition (an `AudioError`:
+unreadable recording, longer than the window under long_audio "reject", filling no audio position) is skipped in
+every condition, so S and T stay paired, and reported in its step's `Batch.skipped` with its reason.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -126,12 +127,14 @@ def forward(
 
 @dataclass
 class Batch:
-    """One step of `run`: the rows run and their items, per condition the forward and each readout field
-    `[B, *shape]`, and the step's skipped rows. A step whose rows were all skipped has no rows and no forwards."""
+    """One step of `run`: the rows run and their items, per condition the forward, each readout field `[B, *shape]`
+    and each item's generated answer (None where none was asked), and the step's skipped rows. A step whose rows were
+    all skipped has no rows and no forwards."""
 
     rows: list[Row]
     forwards: dict[str, Forward]
     readouts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    responses: dict[str, list[str | None]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
 
     @property
@@ -151,11 +154,15 @@ def run(
     readouts: Sequence[Readout] = (),
     desc: str = "forward",
     done: int = 0,
+    respond: Callable[[Item], bool] | None = None,
+    decoding: Mapping[str, object] | None = None,
 ) -> Iterator[Batch]:
     """Run `rows` in batches of `batch_items` through every condition and yield each `Batch`, readouts computed;
     rows whose prompt cannot be built are skipped (`batch_inputs`).
 
     `done` rows count as already finished (a resumed run passes the rows after them and the bar starts there).
+    Items for which `respond` is true get a generated answer per condition, `SpeechLM.generate(**decoding)`, one
+    item at a time (its own prompt, no padding).
     """
     needs = {n for r in readouts for n in r.needs}
     with tqdm(total=len(rows) + done, initial=done, desc=desc, mininterval=5) as bar:
@@ -169,5 +176,7 @@ def run(
                 batch.forwards[c] = fwd
                 seen = Seen(adapter, c, style, batch.items, fwd.inputs, fwd.prefills, fwd.decision)
                 batch.readouts[c] = {k: v for r in readouts for k, v in r(seen).items()}
+                batch.responses[c] = [adapter.generate(x, **decoding) if respond is not None and respond(it) else None
+                                      for x, it in zip(fwd.inputs, batch.items)]
             yield batch
             bar.update(len(chunk))

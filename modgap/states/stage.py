@@ -1,6 +1,7 @@
-"""States stage driver: run a speech LLM on each corpus row as speech (S) and as text (T) through the forward spine,
-score the answer, and write the span hidden states of the selected layers and every enabled readout's fields into a
-resumable Zarr store (`modgap.states.store`). Items the spine skips (no buildable S input) are recorded in the store's
+"""States stage driver: run a speech LLM on each corpus row as speech (S) and as text (T) through the forward spine
+(generating an answer where the item is scored from one), score it (`modgap.states.scoring`), and write the span
+hidden states of the selected layers, the scores and answers, and every enabled readout's fields into a resumable
+Zarr store (`modgap.states.store`). Items the spine skips (no buildable S input) are recorded in the store's
 `skipped` with their reason, and gathered per model into `skipped.csv` and the accuracy table's `n_skipped`."""
 from __future__ import annotations
 
@@ -13,29 +14,32 @@ import pandas as pd
 import torch
 
 from modgap.atomic import write_csv, write_parquet
-from modgap.corpus.items import Item
 from modgap.corpus.table import Row, read_shard
 from modgap.models import load_run
-from modgap.models.base import Inputs, Scores, SpeechLM
+from modgap.models.base import Inputs, SpeechLM
 from modgap.options import as_dict
 from modgap.plan import ModelRun
 from modgap.states import readouts as readout_registry
 from modgap.states import spine
 from modgap.states.options import StatesOptions
-from modgap.states.store import CondBatch, StoreReader, StoreWriter, predictions_table
+from modgap.states.scoring import Outcome, outcome
+from modgap.states.store import CondBatch, StoreReader, StoreWriter, predictions_table, responses_table
 
 
-def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], scores: list[Scores], items: list[Item],
+def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], outcomes: list[Outcome],
                     layers: list[int], times, readouts: dict[str, np.ndarray]) -> CondBatch:
-    """Pack per-item inputs, span states [L+1, n, d], scores and readout fields into one CondBatch over `layers`."""
+    """Pack per-item inputs, span states [L+1, n, d], outcomes and readout fields into one CondBatch over `layers`."""
     spans = [times(x) for x in inputs]
     return CondBatch(
         hidden=torch.cat([h[layers] for h in hidden], dim=1),
         lengths=[len(x.span) for x in inputs],
         seq=np.concatenate([x.span.numpy() for x in inputs]),
-        pred=np.array([s.pred for s in scores]),
-        correct=np.array([int(s.pred == it.answer) for s, it in zip(scores, items)]),
-        loglik=_pad([s.logliks for s in scores]),
+        pred=np.array([o.pred for o in outcomes]),
+        correct=np.array([o.correct for o in outcomes]),
+        score=np.array([o.score for o in outcomes]),
+        response=[o.response for o in outcomes],
+        reason=[o.reason for o in outcomes],
+        loglik=_pad([o.logliks for o in outcomes]),
         word=np.concatenate([x.words if x.words is not None else np.full(len(x.span), -1) for x in inputs]),
         start_ms=np.concatenate([t[:, 0] for t in spans]),
         end_ms=np.concatenate([t[:, 1] for t in spans]),
@@ -44,8 +48,8 @@ def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], scores: li
 
 
 def _pad(rows: list[np.ndarray]) -> np.ndarray:
-    """[B, max k] option log-likelihoods, NaN where an item has fewer options."""
-    out = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+    """[B, max(1, max k)] option log-likelihoods, NaN where an item has fewer options (an open task has none)."""
+    out = np.full((len(rows), max([1, *map(len, rows)])), np.nan)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
@@ -63,7 +67,7 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
     readouts = readout_registry.enabled(options.readouts)
     writer = StoreWriter(
         out_path, model=model_id, layers=layers, d=adapter.hidden_size,
-        n_options=max(len(r.item.choices) for r in rows), dtype=options.dtype, bitround_bits=options.bitround_bits,
+        n_options=max([1, *(len(r.item.choices) for r in rows)]), dtype=options.dtype, bitround_bits=options.bitround_bits,
         config_hash=config_hash, extra={"style": style, "norm": options.norm, "family": adapter.family, "n_layers": adapter.n_layers},
         readouts=readout_registry.field_shapes(readouts, adapter),
     )
@@ -71,27 +75,31 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
     with writer:
         done = set(writer.done_ids)
         for batch in spine.run(adapter, [r for r in rows if r.id not in done], style, batch_items=options.batch_items,
-                               hidden=True, readouts=readouts, desc=f"states {model_id}", done=writer.n_done):
+                               hidden=True, readouts=readouts, desc=f"states {model_id}", done=writer.n_done,
+                               respond=options.generates, decoding=as_dict(options.decoding)):
             for skipped in batch.skipped:
                 writer.skip(skipped.id, skipped.condition, skipped.reason)
             if not batch.rows:
                 continue
             conds = {}
             for c, fwd in batch.forwards.items():
-                scores = [adapter.score_prefill(p, it, style, options.norm) for p, it in zip(fwd.prefills, batch.items)]
-                conds[c] = condition_batch(fwd.inputs, [p.hidden for p in fwd.prefills], scores, batch.items, layers,
-                                           times[c], batch.readouts[c])
+                outcomes = [outcome(adapter, p, it, style, options.norm, r)
+                            for p, it, r in zip(fwd.prefills, batch.items, batch.responses[c])]
+                conds[c] = condition_batch(fwd.inputs, [p.hidden for p in fwd.prefills], outcomes, layers, times[c],
+                                           batch.readouts[c])
             writer.append([it.id for it in batch.items], conds)
     return predictions_table(StoreReader(out_path))
 
 
 def accuracy_table(predictions: pd.DataFrame, n_skipped: int = 0, **labels: str) -> pd.DataFrame:
-    """One row: `labels` (model, dataset, voice), text and speech accuracy, GAP in points, the item count and the
-    count of items skipped (not in `predictions`)."""
-    acc = predictions.pivot_table(index="id", columns="condition", values="correct")
-    text, speech = float(acc["T"].mean()), float(acc["S"].mean())
+    """One row: `labels` (model, dataset, voice), text and speech accuracy (the mean score: the fraction correct for
+    multiple choice), GAP in points, the item count, the items left unscored in either condition (not counted in the
+    means) and the records of items skipped (not in `predictions`)."""
+    score = predictions.pivot(index="id", columns="condition", values="score")
+    scored = score.dropna()
+    text, speech = float(scored["T"].mean()), float(scored["S"].mean())
     return pd.DataFrame([{**labels, "text_acc": text, "speech_acc": speech, "gap": round(100 * (text - speech), 2),
-                          "n_items": len(acc), "n_skipped": n_skipped}])
+                          "n_items": len(scored), "n_unscored": len(score) - len(scored), "n_skipped": n_skipped}])
 
 
 def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: StatesOptions, out_path: str | Path,
@@ -108,9 +116,10 @@ def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: State
 
 
 def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path,
-                 skipped_out: str | Path) -> pd.DataFrame:
-    """Concatenate the shards' predictions (Parquet) and skipped items (CSV: shard, id, condition, reason) and write
-    the model's accuracy row (CSV); ValueError naming the labels and the first reason when every item was skipped."""
+                 responses_out: str | Path, skipped_out: str | Path) -> pd.DataFrame:
+    """Concatenate the shards' predictions and responses (Parquet) and skipped items (CSV: shard, id, condition,
+    reason) and write the model's accuracy row (CSV); ValueError naming the labels and the first reason when every
+    item was skipped."""
     readers = [StoreReader(s) for s in stores]
     pred = pd.concat([predictions_table(r) for r in readers], ignore_index=True)
     skipped = pd.concat([r.skipped().assign(shard=Path(r.path).stem) for r in readers], ignore_index=True)
@@ -119,6 +128,7 @@ def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, a
                          f"{skipped['reason'].iloc[0] if len(skipped) else 'none recorded'})")
     acc = accuracy_table(pred, len(skipped), **labels)
     write_parquet(pred.drop(columns="item"), predictions_out)
+    write_parquet(pd.concat([responses_table(r) for r in readers], ignore_index=True), responses_out)
     write_csv(skipped[["shard", "id", "condition", "reason"]], skipped_out)
     write_csv(acc, accuracy_out)
     return acc

@@ -7,7 +7,11 @@ Layout (cond: each condition the writer is given, S and T by default; shapes in 
   {cond}/offsets                            [items+1] int64: item i owns positions offsets[i]:offsets[i+1]
   {cond}/item, seq, word, start_ms, end_ms  [positions] int32: item index, index in the model's full input
                                             sequence, word index, time span in ms; -1 where none
-  {cond}/pred [items] int16 (-1 unparsed), {cond}/correct [items] int8, {cond}/loglik [items, n_options] float32
+  {cond}/pred [items] int16 (-1 unparsed), {cond}/correct [items] int8 (1: full credit, 0: not, -1: unscored),
+  {cond}/score [items] float32 in [0, 1] (the correct option for multiple choice, a task's evaluator for an open
+  task; NaN: unscored), {cond}/loglik [items, n_options] float32
+  {cond}/response, reason                   [items] str: the generated answer and why the item is unscored or
+                                            unparsed ("" where none)
   {cond}/readouts/{field}                   [items, *shape] float32: each readout field of `modgap.states.readouts`
                                             (the manifest's `readouts` maps field -> per-item shape); NaN where none
 Group attributes: the manifest, `n_done` (items committed) and `complete`; a complete store's `skipped` lists the
@@ -35,7 +39,8 @@ from zarr.codecs.numcodecs import BitRound
 from zarr.errors import ZarrUserWarning
 
 POS_FIELDS = ("item", "seq", "word", "start_ms", "end_ms")
-ITEM_FIELDS = ("pred", "correct", "loglik")
+ITEM_FIELDS = ("pred", "correct", "score", "loglik", "response", "reason")
+TEXT_FIELDS = ("response", "reason")  # per-item strings
 DTYPES = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32),
           "bfloat16": (np.uint16, torch.bfloat16)}
 CHUNK_BYTES = 2 << 20  # target size of one hidden chunk
@@ -90,6 +95,9 @@ class CondBatch:
     start_ms: Any = None  # [N]
     end_ms: Any = None  # [N]
     readouts: dict[str, Any] | None = None  # field -> [B, *shape] per-item readout values
+    score: Any = None  # [B] in [0, 1], NaN unscored; None: `correct` (multiple choice)
+    response: Sequence[str] | None = None  # [B] generated answers, "" where none; None: none at all
+    reason: Sequence[str] | None = None  # [B] why unscored or unparsed, "" where nothing to say
 
 
 @contextlib.contextmanager
@@ -110,6 +118,23 @@ def _np(x: Any, n: int, dtype: type, name: str) -> np.ndarray:
     if x is None:
         return np.full(n, -1, dtype)
     a = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)).astype(dtype)
+    if len(a) != n:
+        raise ValueError(f"{name}: length {len(a)}, expected {n}")
+    return a
+
+
+def _score(b: CondBatch, n: int, cond: str) -> np.ndarray:
+    """[n] float32 scores of a batch (its correctness when none are given); ValueError outside [0, 1]."""
+    score = _np(b.correct, n, np.float32, f"{cond}.correct") if b.score is None else _np(b.score, n, np.float32,
+                                                                                        f"{cond}.score")
+    if ((score < 0) | (score > 1)).any():
+        raise ValueError(f"{cond}.score: values outside [0, 1]: {sorted(set(score[(score < 0) | (score > 1)]))}")
+    return score
+
+
+def _texts(x: Sequence[str] | None, n: int, name: str) -> np.ndarray:
+    """[n] object array of strings ("" for all when None)."""
+    a = np.array([""] * n if x is None else [str(v) for v in x], dtype=object)
     if len(a) != n:
         raise ValueError(f"{name}: length {len(a)}, expected {n}")
     return a
@@ -190,6 +215,8 @@ class StoreWriter:
                       **{f"{c}/{f}": ((0,), (POS_CHUNK,), np.int32, -1) for f in POS_FIELDS},
                       f"{c}/pred": ((0,), (ITEM_CHUNK,), np.int16, -1),
                       f"{c}/correct": ((0,), (ITEM_CHUNK,), np.int8, -1),
+                      f"{c}/score": ((0,), (ITEM_CHUNK,), np.float32, np.nan),
+                      **{f"{c}/{f}": ((0,), (ITEM_CHUNK,), str, "") for f in TEXT_FIELDS},
                       f"{c}/loglik": ((0, k), (ITEM_CHUNK, k), np.float32, np.nan),
                       **{f"{c}/readouts/{f}": ((0, *shape), (ITEM_CHUNK, *shape), np.float32, np.nan)
                          for f, shape in self.setup["readouts"].items()}}
@@ -281,6 +308,8 @@ class StoreWriter:
                 **readouts,
                 "lengths": lengths, "loglik": loglik, "pred": _np(b.pred, B, np.int16, f"{cond}.pred"),
                 "correct": _np(b.correct, B, np.int8, f"{cond}.correct"),
+                "score": _score(b, B, cond),
+                **{f: _texts(getattr(b, f), B, f"{cond}.{f}") for f in TEXT_FIELDS},
                 **{f: _np(getattr(b, f), N, np.int32, f"{cond}.{f}") for f in POS_FIELDS[1:]}}
 
     def _run(self) -> None:
@@ -455,16 +484,34 @@ class StoreReader:
         return self._read(f"{cond}/loglik", ())
 
     def items_table(self) -> pd.DataFrame:
-        """One row per item: id, and per condition pred_{cond}, correct_{cond}, positions_{cond}."""
+        """One row per item: id, and per condition pred_{cond}, correct_{cond}, score_{cond}, positions_{cond}
+        (stores written before scores existed: score = correct)."""
         cols: dict[str, Any] = {"id": self.items}
         for c in self.conds:
-            cols |= {f"pred_{c}": self._read(f"{c}/pred", ()), f"correct_{c}": self._read(f"{c}/correct", ()),
+            correct = self._read(f"{c}/correct", ())
+            score = self._read(f"{c}/score", ()) if f"{c}/score" in self._arrays else correct.astype(np.float32)
+            cols |= {f"pred_{c}": self._read(f"{c}/pred", ()), f"correct_{c}": correct, f"score_{c}": score,
                      f"positions_{c}": np.diff(self._offsets[c])}
         return pd.DataFrame(cols)
 
+    def responses(self, cond: str) -> pd.DataFrame:
+        """One row per item of `cond`: id, response, reason ("" throughout for stores written before responses)."""
+        texts = {f: self._read(f"{cond}/{f}", ()) if f"{cond}/{f}" in self._arrays else [""] * len(self.items)
+                 for f in TEXT_FIELDS}
+        return pd.DataFrame({"id": self.items, **{f: [str(v) for v in texts[f]] for f in TEXT_FIELDS}})
+
 
 def predictions_table(reader: StoreReader) -> pd.DataFrame:
-    """Long table (item, id, condition, prediction, correct) of a store, as the driver writes it to Parquet."""
+    """Long table (item, id, condition, prediction, correct, score) of a store, as the driver writes it to Parquet."""
     t = reader.items_table()
     return pd.concat([pd.DataFrame({"item": t.index, "id": t["id"], "condition": c, "prediction": t[f"pred_{c}"],
-                                    "correct": t[f"correct_{c}"]}) for c in reader.conds], ignore_index=True)
+                                    "correct": t[f"correct_{c}"], "score": t[f"score_{c}"]})
+                      for c in reader.conds], ignore_index=True)
+
+
+def responses_table(reader: StoreReader) -> pd.DataFrame:
+    """Long table (id, condition, response, score, prediction, reason) of a store's items."""
+    pred = predictions_table(reader)
+    texts = pd.concat([reader.responses(c).assign(condition=c) for c in reader.conds], ignore_index=True)
+    return pred.merge(texts, on=["id", "condition"], validate="one_to_one")[
+        ["id", "condition", "response", "score", "prediction", "reason"]]

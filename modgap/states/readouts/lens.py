@@ -18,12 +18,14 @@ from modgap.states.readouts import Readout, Seen, register
 
 
 def lens_margin_entropy(logits: torch.Tensor, options: list[int], answer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [layers, V] of one item, its options' token ids (K >= 2) and the correct option's index ->
-    (margin [layers], normalised entropy [layers])."""
+    """logits [layers, V] of one item, its options' token ids (K >= 2; none for an open task, whose margin is NaN)
+    and the correct option's index -> (margin [layers], normalised entropy [layers])."""
     logp = torch.log_softmax(logits.float(), -1)
+    entropy = -(logp.exp() * logp).sum(-1) / math.log(logp.shape[-1])
+    if not options:
+        return torch.full_like(entropy, math.nan), entropy
     scores = logp[:, options]  # [layers, K]
     others = torch.cat([scores[:, :answer], scores[:, answer + 1 :]], 1)
-    entropy = -(logp.exp() * logp).sum(-1) / math.log(logp.shape[-1])
     return scores[:, answer] - others.max(-1).values, entropy
 
 
@@ -37,7 +39,7 @@ class LogitLens(Readout):
 
     def __call__(self, seen: Seen) -> dict[str, np.ndarray]:
         first = [[ids[0] for ids in seen.adapter.tokenizer(option_texts(it, seen.style), add_special_tokens=False)
-                  ["input_ids"]] for it in seen.items]
+                  ["input_ids"]] if it.choices else [] for it in seen.items]
         logits = seen.head(seen.decision).cpu()  # [B, L+1, V]
         out = [lens_margin_entropy(lg, f, it.answer) for lg, f, it in zip(logits, first, seen.items)]
         return {"lens_margin": torch.stack([m for m, _ in out]).numpy(),
