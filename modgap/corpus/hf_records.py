@@ -1,0 +1,92 @@
+"""Benchmarks as the `datasets` library writes them: their records by source split, audio left undecoded.
+
+`location` is a `save_to_disk` folder (DatasetDict or Dataset), a Parquet file, a folder of Parquet shards, or else a
+hub id read from the local Hugging Face cache only (`HF_DATASETS_CACHE` / `HF_HOME`; never the network, as with
+HF_DATASETS_OFFLINE=1). In a shard folder a split is a subfolder, or the file-name part before "-00000-of-00001"
+(`law-00000-of-00001.parquet` is split "law", as the hub stores VoiceBench's mmsu). Audio columns are cast to
+`Audio(decode=False)`, so a record's audio is `{"bytes", "path"}` (decoding needs no torchcodec); nothing is read
+before the records are iterated.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+from datasets import Audio, Dataset, DatasetDict, IterableDataset
+from datasets.packaged_modules.cache.cache import Cache
+
+_SHARD = re.compile(r"^(?P<split>.+?)(?:-\d{5}-of-\d{5})?$")
+
+Records = Dataset | IterableDataset  # iterating gives one dict per record
+
+
+class HFSourceError(ValueError):
+    """A dataset location that cannot be read; the message names it."""
+
+
+def hf_location(root: Path, path: str) -> Path | str:
+    """The local file or folder `path` names (relative to `root`), else `path` itself as a hub id."""
+    local = root / path
+    return local if local.exists() else path
+
+
+def read_splits(location: Path | str, subset: str | None, wanted: str | list[str] | None) -> dict[str, Records]:
+    """{source split: records} for the `wanted` splits (one name, a list, or None for all, in the dataset's order)."""
+    splits = _open(location, subset)
+    names = list(splits) if wanted is None else [wanted] if isinstance(wanted, str) else list(wanted)
+    if missing := [s for s in names if s not in splits]:
+        raise HFSourceError(f"{location}: no split(s) {', '.join(missing)} (has: {', '.join(splits)})")
+    return {s: _audio_undecoded(splits[s]) for s in names}
+
+
+def audio_columns(records: Records) -> list[str]:
+    """Names of the Audio columns (features of a streamed Parquet file come from its embedded schema)."""
+    return [k for k, f in (records.features or {}).items() if isinstance(f, Audio)]
+
+
+def _audio_undecoded(records: Records) -> Records:
+    for col in audio_columns(records):
+        records = records.cast_column(col, Audio(decode=False))
+    return records
+
+
+def _open(location: Path | str, subset: str | None) -> dict[str, Records]:
+    if isinstance(location, str):
+        return _from_cache(location, subset)
+    if location.is_dir() and ((location / "dataset_dict.json").is_file() or (location / "state.json").is_file()):
+        loaded = datasets.load_from_disk(str(location))
+        return dict(loaded) if isinstance(loaded, DatasetDict) else {str(loaded.split or "test"): loaded}
+    return _from_parquet(location)
+
+
+def _from_parquet(location: Path) -> dict[str, Records]:
+    """Streamed (no copy into the cache); one split per subfolder or shard-name stem."""
+    if location.is_file() and location.suffix.lower() != ".parquet":
+        raise HFSourceError(f"{location}: unsupported file type (expected .jsonl, .json, .parquet or a dataset folder)")
+    files = [location] if location.is_file() else sorted(location.rglob("*.parquet"))
+    if not files:
+        raise HFSourceError(f"{location}: no Parquet files (and not a save_to_disk folder)")
+    by_split: dict[str, list[str]] = {}
+    for f in files:
+        split = f.parent.name if f.parent != location and location.is_dir() else _SHARD.match(f.stem)["split"]
+        by_split.setdefault(split, []).append(str(f))
+    try:
+        return dict(datasets.load_dataset("parquet", data_files=by_split, streaming=True))
+    except (pa.ArrowException, OSError) as e:
+        raise HFSourceError(f"{location}: unreadable Parquet ({e})") from None
+
+
+def _from_cache(repo_id: str, subset: str | None) -> dict[str, Records]:
+    """What `load_dataset(repo_id, subset)` prepared earlier, read from the cache with the builder it uses offline."""
+    try:
+        builder = Cache(repo_id=repo_id, dataset_name=repo_id.split("/")[-1], config_name=subset,
+                        version="auto", hash="auto")
+        return dict(builder.as_dataset())
+    except (ValueError, FileNotFoundError) as e:
+        first = str(e).splitlines()[0]
+        raise HFSourceError(
+            f"{repo_id!r} is neither a local file or folder nor in the local Hugging Face cache ({first})"
+        ) from None
+
