@@ -90,11 +90,16 @@ def test_save_to_disk_dataset_dict_splits_are_subjects_and_audio_is_decoded_to_1
     _check_mmsu(items, sources, tmp_path / "rec")
 
 
-def test_parquet_shard_folder_named_like_the_hub(mmsu, tmp_path):
+@pytest.mark.parametrize(
+    "path, shard",
+    [("mmsu", "{split}-00000-of-00001.parquet"), ("mmsu", "{split}/0000.parquet"),
+     ("voicebench", "mmsu/{split}-00000-of-00001.parquet")],  # hub layout, converted layout, copy of the repository
+)
+def test_parquet_shard_folders(mmsu, tmp_path, path, shard):
     data, sources = mmsu
     for split, ds in data.items():
-        ds.to_parquet(str(tmp_path / "mmsu" / f"{split}-00000-of-00001.parquet"))
-    spec = {"source": "voicebench", "path": "mmsu", "subset": "mmsu"}
+        ds.to_parquet(str(tmp_path / path / shard.format(split=split)))
+    spec = {"source": "voicebench", "path": path, "subset": "mmsu"}
     items = load_items("mmsu", spec, root=tmp_path, audio_dir=tmp_path / "rec")["test"]
     _check_mmsu(items, sources, tmp_path / "rec")
 

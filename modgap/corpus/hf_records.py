@@ -2,8 +2,9 @@
 
 `location` is a `save_to_disk` folder (DatasetDict or Dataset), a Parquet file, a folder of Parquet shards, or else a
 hub id read from the local Hugging Face cache only (`HF_DATASETS_CACHE` / `HF_HOME`; never the network, as with
-HF_DATASETS_OFFLINE=1). In a shard folder a split is a subfolder, or the file-name part before "-00000-of-00001"
-(`law-00000-of-00001.parquet` is split "law", as the hub stores VoiceBench's mmsu). Audio columns are cast to
+HF_DATASETS_OFFLINE=1). A folder holding a `subset` subfolder (a copy of the hub repository) is read there. In a shard
+folder a split is the file-name part before "-00000-of-00001" (`law-00000-of-00001.parquet` is split "law", as the
+hub stores VoiceBench's mmsu), else the file's subfolder (`law/0000.parquet`), else the file's name. Audio columns are cast to
 `Audio(decode=False)`, so a record's audio is `{"bytes", "path"}` (decoding needs no torchcodec); nothing is read
 before the records are iterated.
 """
@@ -17,7 +18,7 @@ import pyarrow as pa
 from datasets import Audio, Dataset, DatasetDict, IterableDataset
 from datasets.packaged_modules.cache.cache import Cache
 
-_SHARD = re.compile(r"^(?P<split>.+?)(?:-\d{5}-of-\d{5})?$")
+_SHARD = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}$")
 
 Records = Dataset | IterableDataset  # iterating gives one dict per record
 
@@ -55,6 +56,8 @@ def _audio_undecoded(records: Records) -> Records:
 def _open(location: Path | str, subset: str | None) -> dict[str, Records]:
     if isinstance(location, str):
         return _from_cache(location, subset)
+    if subset and (location / subset).is_dir():  # a copy of the hub repository: one folder per subset
+        location = location / subset
     if location.is_dir() and ((location / "dataset_dict.json").is_file() or (location / "state.json").is_file()):
         loaded = datasets.load_from_disk(str(location))
         return dict(loaded) if isinstance(loaded, DatasetDict) else {str(loaded.split or "test"): loaded}
@@ -70,7 +73,8 @@ def _from_parquet(location: Path) -> dict[str, Records]:
         raise HFSourceError(f"{location}: no Parquet files (and not a save_to_disk folder)")
     by_split: dict[str, list[str]] = {}
     for f in files:
-        split = f.parent.name if f.parent != location and location.is_dir() else _SHARD.match(f.stem)["split"]
+        shard = _SHARD.match(f.stem)
+        split = shard["split"] if shard else f.parent.name if f.parent != location and location.is_dir() else f.stem
         by_split.setdefault(split, []).append(str(f))
     try:
         return dict(datasets.load_dataset("parquet", data_files=by_split, streaming=True))
