@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 from modgap.config import NATIVE_SOURCES
 from modgap.corpus.hf_records import HFSourceError, audio_columns, hf_location, read_splits
 from modgap.corpus.items import LETTERS, Item, ItemError, read_jsonl, validate_item
-from modgap.corpus.recordings import RecordingError, write_recording
 from modgap.corpus.lab_world import generate_lab
+from modgap.corpus.recordings import RecordingError, write_recording
 
 # Option markers inside a prompt, e.g. "A. text", "(B) text", "C: text": first tried at line starts
 # (an option is then the rest of its line), then anywhere after whitespace.

@@ -4,9 +4,9 @@
 hub id read from the local Hugging Face cache only (`HF_DATASETS_CACHE` / `HF_HOME`; never the network, as with
 HF_DATASETS_OFFLINE=1). A folder holding a `subset` subfolder (a copy of the hub repository) is read there. In a shard
 folder a split is the file-name part before "-00000-of-00001" (`law-00000-of-00001.parquet` is split "law", as the
-hub stores VoiceBench's mmsu), else the file's subfolder (`law/0000.parquet`), else the file's name. Audio columns are cast to
-`Audio(decode=False)`, so a record's audio is `{"bytes", "path"}` (decoding needs no torchcodec); nothing is read
-before the records are iterated.
+hub stores VoiceBench's mmsu), else the file's subfolder (`law/0000.parquet`), else the file's name. Audio columns
+are cast to `Audio(decode=False)`, so a record's audio is `{"bytes", "path"}` (decoding needs no torchcodec); nothing
+is read before the records are iterated.
 """
 from __future__ import annotations
 

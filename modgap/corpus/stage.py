@@ -68,7 +68,8 @@ def _speak_one(job: tuple[Item, str, VoiceSpec, str]) -> dict:
     row = {"status": "ok", "reason": "", "tts_start_ms": None, "tts_end_ms": None}
     if voice.native:
         if item.audio is None:  # its embedded recording could not be decoded (see load_items)
-            return {**row, "status": "audio_failed", "reason": item.meta["audio_error"], "duration_ms": 0.0, "audio": ""}
+            reason = item.meta["audio_error"]
+            return {**row, "status": "audio_failed", "reason": reason, "duration_ms": 0.0, "audio": ""}
         audio = read_mono_16k(item.audio)
     else:
         if voice not in _tts:
