@@ -80,6 +80,7 @@ def build_checkpoint(out: Path, texts: list[str], seed: int) -> None:
 
 def config_snippet(out: Path) -> str:
     return f"""\
+# snakemake --configfile THIS: merged into config.yaml (its lab dataset and lab models stay)
 datasets:
   mmsu:
     source: voicebench
