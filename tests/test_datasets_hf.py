@@ -16,6 +16,7 @@ from datasets.packaged_modules.parquet.parquet import Parquet, ParquetConfig
 
 from modgap.config import ConfigError, validate_config
 from modgap.corpus.datasets import DatasetError, load_items
+from modgap.corpus.hf_records import read_splits
 from modgap.corpus.stage import VoiceSpec, synthesize_split, write_split
 
 MMSU = Features({"audio": Audio(), "prompt": Value("string"), "reference": Value("string"),
@@ -129,8 +130,14 @@ def test_hub_id_is_read_from_the_local_cache_offline(mmsu, tmp_path, monkeypatch
         load_items("x", {**spec, "subset": "ifeval"}, root=tmp_path)
 
 
-def test_without_audio_dir_items_are_counted_without_decoding(mmsu, tmp_path):
-    mmsu[0].save_to_disk(str(tmp_path / "mmsu"))
+@pytest.mark.parametrize("form", ["save_to_disk", "parquet"])
+def test_without_audio_dir_items_are_counted_without_reading_audio(mmsu, tmp_path, form):
+    if form == "save_to_disk":
+        mmsu[0].save_to_disk(str(tmp_path / "mmsu"))
+    else:
+        mmsu[0]["law"].to_parquet(str(tmp_path / "mmsu" / "law-00000-of-00001.parquet"))
+    split = read_splits(tmp_path / "mmsu", None, "law", with_audio=False)["law"]
+    assert split.audio_columns == ["audio"] and "audio" not in next(iter(split.records))
     items = load_items("m", {"source": "voicebench", "path": "mmsu", "split": "law"}, root=tmp_path)["test"]
     assert [(it.id, it.audio) for it in items] == [("100", None), ("101", None)]
 

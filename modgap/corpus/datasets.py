@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from modgap.config import NATIVE_SOURCES
-from modgap.corpus.hf_records import HFSourceError, audio_columns, hf_location, read_splits
+from modgap.corpus.hf_records import HFSourceError, SourceSplit, hf_location, read_splits
 from modgap.corpus.items import LETTERS, Item, ItemError, read_jsonl, validate_item
 from modgap.corpus.lab_world import generate_lab
 from modgap.corpus.recordings import RecordingError, write_recording
@@ -285,25 +285,20 @@ def _record_sources(name: str, spec: dict, root: Path, with_audio: bool) -> list
         return [("test", str(local), local.parent, _records(name, local))]
     location = hf_location(root, path)
     try:
-        splits = read_splits(location, spec.get("subset"), spec.get("split"))
+        splits = read_splits(location, spec.get("subset"), spec.get("split"), with_audio)
     except HFSourceError as e:
         raise DatasetError(f"dataset {name}: {e}") from None
     folder = location if isinstance(location, Path) and location.is_dir() else Path(str(location)).parent
-    return [
-        (split, f"{location}:{split}", folder, _with_record_audio(records, with_audio))
-        for split, records in splits.items()
-    ]
+    return [(name, f"{location}:{name}", folder, _with_record_audio(split)) for name, split in splits.items()]
 
 
-def _with_record_audio(records: Iterable[dict], with_audio: bool) -> Iterable[dict]:
-    """Records with their recording under `audio`: the Audio column "audio", else "question_audio", else the first.
-    Without `with_audio` that column is not read (cheap counting) and stands as `_UNREAD`."""
-    columns = audio_columns(records)
+def _with_record_audio(split: SourceSplit) -> Iterable[dict]:
+    """Records with their recording under `audio`: the Audio column "audio", else "question_audio", else the first;
+    `_UNREAD` where the split was read without audio."""
+    columns = split.audio_columns
     column = next((c for c in ("audio", "question_audio") if c in columns), columns[0] if columns else None)
-    if not with_audio and columns:
-        records = records.remove_columns(columns)
-    for rec in records:
-        yield rec if column is None else {**rec, "audio": rec[column] if with_audio else _UNREAD}
+    for rec in split.records:
+        yield rec if column is None else {**rec, "audio": rec.get(column, _UNREAD)}
 
 
 def _subject(name: str, split: str, rec: dict) -> str:
