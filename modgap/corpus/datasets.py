@@ -289,7 +289,7 @@ def _record_sources(name: str, spec: dict, root: Path, with_audio: bool) -> list
     except HFSourceError as e:
         raise DatasetError(f"dataset {name}: {e}") from None
     folder = location if isinstance(location, Path) and location.is_dir() else Path(str(location)).parent
-    return [(name, f"{location}:{name}", folder, _with_record_audio(split)) for name, split in splits.items()]
+    return [(split, f"{location}:{split}", folder, _with_record_audio(src)) for split, src in splits.items()]
 
 
 def _with_record_audio(split: SourceSplit) -> Iterable[dict]:
