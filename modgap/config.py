@@ -91,10 +91,16 @@ def _check_model(name: str, spec: dict, lab_strategies: list[str]) -> None:
 def _check_dataset(name: str, spec: dict, root: Path) -> None:
     key = f"datasets.{name}"
     spec.setdefault("audio", "native" if spec["source"] in NATIVE_SOURCES else "tts")
+    if spec["source"] not in NATIVE_SOURCES:
+        for extra in ("subset", "split"):
+            if extra in spec:
+                raise ConfigError(f"config key {key}.{extra}: only for sources {', '.join(sorted(NATIVE_SOURCES))}")
     if spec["source"] in FILE_SOURCES:
         if "path" not in spec:
             raise ConfigError(f"config key {key}.path: required for source {spec['source']!r}")
-        if not (root / spec["path"]).is_file():
+        local = root / spec["path"]
+        hub_id = spec["source"] in NATIVE_SOURCES and not local.suffix and spec["path"].count("/") == 1
+        if not (local.is_file() or (spec["source"] in NATIVE_SOURCES and local.is_dir()) or hub_id):
             raise ConfigError(f"config key {key}.path: file not found: {spec['path']}")
         if spec["splits"] != ["test"]:
             raise ConfigError(f"config key {key}.splits: source {spec['source']!r} has only the 'test' split")

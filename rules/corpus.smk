@@ -8,7 +8,8 @@ wildcard_constraints:
 
 rule corpus_items:
     output:
-        f"{CORPUS}/items.jsonl",
+        jsonl=f"{CORPUS}/items.jsonl",
+        recordings=directory(f"{CORPUS}/recordings"),
     params:
         spec=lambda wc: dataset_spec(wc.dataset),
     threads: 1

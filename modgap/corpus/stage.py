@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-import soxr
 from tqdm import tqdm
 
 from modgap.corpus.align import AlignmentError, PocketsphinxAligner
 from modgap.atomic import atomic, write_parquet, write_text
-from modgap.corpus.audio import AudioError, read_audio
+from modgap.corpus.audio import AudioError, read_mono_16k
 from modgap.corpus.asr import make_recognizer, word_error_rate
 from modgap.corpus.datasets import load_items
 from modgap.corpus.items import Item, read_jsonl, spoken_text, words_of, write_jsonl
@@ -30,9 +29,15 @@ from modgap.tables import to_markdown
 
 
 
-def write_split(name: str, spec: dict, split: str, out_jsonl: str | Path, root: str | Path = ".") -> int:
-    """Load dataset `name` and write one split as item JSONL; returns the item count."""
-    items = load_items(name, spec, root)[split]
+def write_split(
+    name: str, spec: dict, split: str, out_jsonl: str | Path, recordings: str | Path, root: str | Path = "."
+) -> int:
+    """Load dataset `name` and write one split as item JSONL; returns the item count.
+
+    Recordings embedded in the dataset are decoded into the folder `recordings` (always created), one FLAC per item.
+    """
+    Path(recordings).mkdir(parents=True, exist_ok=True)
+    items = load_items(name, spec, root, audio_dir=recordings)[split]
     with atomic(out_jsonl) as tmp:
         write_jsonl(items, tmp)
     return len(items)
@@ -62,12 +67,13 @@ def _speak_one(job: tuple[Item, str, VoiceSpec, str]) -> dict:
     item, text, voice, audio_path = job
     row = {"status": "ok", "reason": "", "tts_start_ms": None, "tts_end_ms": None}
     if voice.native:
+        if item.audio is None:  # its embedded recording could not be decoded (load_items says why)
+            return {**row, "status": "unreadable_audio", "reason": item.meta["audio_error"], "duration_ms": 0.0,
+                    "audio": ""}
         try:
-            audio, sr = read_audio(item.id, item.audio)
+            audio = read_mono_16k(item.id, item.audio)
         except AudioError as e:
             return {**row, "status": "unreadable_audio", "reason": str(e), "duration_ms": 0.0, "audio": ""}
-        if sr != SAMPLE_RATE:
-            audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
     else:
         if voice not in _tts:
             _tts[voice] = EspeakTTS(voice.voice, voice.rate, voice.pitch)
