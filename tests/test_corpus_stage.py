@@ -120,7 +120,7 @@ def test_unreadable_native_audio_excludes_its_item_not_the_job(tmp_path):
                 "answer": 0, "audio": "garbage.wav"}]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     write_split("mine", {"source": "jsonl", "path": "data.jsonl", "audio": "native"}, "test", tmp_path / "i.jsonl",
-                root=tmp_path)
+                tmp_path / "recordings", root=tmp_path)
     synthesize_split(tmp_path / "i.jsonl", "cloze", VoiceSpec("native", 0, 0), tmp_path / "n.parquet", tmp_path / "n")
     df = align_split(tmp_path / "n.parquet", AlignSpec(), tmp_path / "items.parquet").set_index("id")
     assert df.loc["n1", "status"] == "ok"

@@ -197,7 +197,7 @@ def test_undecodable_audio_excludes_only_its_item(mmsu, tmp_path):
     assert n == 2
     rows = [json.loads(line) for line in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert "audio" in rows[0] and "audio" not in rows[1]
-    assert rows[1]["meta"]["audio_error"].startswith(f"dataset mmsu: {tmp_path / 'mmsu'}:law: item 101: undecodable")
+    assert rows[1]["meta"]["audio_error"].startswith(f"item 101: cannot read its audio dataset mmsu: {tmp_path / 'mmsu'}:law (")
     df = synthesize_split(tmp_path / "items.jsonl", "letter", VoiceSpec("native", 0, 0), tmp_path / "s.parquet",
                           tmp_path / "audio")
     assert list(df["status"]) == ["ok", "unreadable_audio"] and "item 101" in df.loc[1, "reason"]
@@ -246,5 +246,5 @@ def test_tiny_release_script_builds_a_checkpoint_and_mmsu_the_workflow_reads(tmp
     adapter = load_adapter("qwen2_audio", ckpt, device="cpu")
     assert adapter.audio_token == "<|AUDIO|>"
     wave, _ = sf.read(items[0].audio, dtype="float32")
-    scores = adapter.score(adapter.speech_inputs(items[0], wave), items[0], "letter").logliks
+    scores = adapter.score(adapter.speech_inputs(items[0], wave, "letter"), items[0], "letter").logliks
     assert scores.shape == (4,) and np.isfinite(scores).all()

@@ -17,6 +17,8 @@ from modgap.models import load_adapter, option_texts
 
 ITEM = Item("it-7", "arithmetic", "what is five plus ten", ["fifteen", "eighteen", "twelve", "seventeen"], 0)
 
+DECODING = {"greedy": True, "max_new_tokens": 3, "repetition_penalty": 1.0}
+
 
 def wave(seconds: float, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
@@ -113,9 +115,9 @@ def test_lora_loads_from_the_model_folder(with_lora, granite, tok):
     for style in ("letter", "cloze"):
         t = a.text_inputs(ITEM, style)
         np.testing.assert_allclose(a.score(t, ITEM, style).logliks, base.score(t, ITEM, style).logliks, atol=1e-5)
-        assert a.generate(t, max_new_tokens=3) == base.generate(t, max_new_tokens=3)
+        assert a.generate(t, **DECODING) == base.generate(t, **DECODING)
     torch.testing.assert_close(a.prefill(s).logprobs, speech)  # switched back on for S
-    assert isinstance(a.generate(s, max_new_tokens=3), str)
+    assert isinstance(a.generate(s, **DECODING), str)
 
 
 def test_missing_lora_files_fail_clearly(tmp_path, tok):

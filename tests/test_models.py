@@ -432,7 +432,7 @@ def test_no_deprecated_transformers_api(family, adapters):
             xs = [a.text_inputs(it, "cloze") for it, _ in BATCH]
             scores = [a.score_prefill(p, it, "cloze") for p, (it, _) in zip(a.prefill_batch(xs), BATCH)]
             assert max(s.n_tokens.max() for s in scores) > 1  # options of several tokens ran over the cache
-            a.generate(xs[0], max_new_tokens=2)
+            a.generate(xs[0], greedy=True, max_new_tokens=2, repetition_penalty=1.0)
     finally:
         logger.removeHandler(handler)
 

@@ -169,7 +169,8 @@ def letter_shard(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("letter")
     records = [{"id": i, "subject": "s", "question": q, "choices": c, "answer": 0} for i, q, c in LETTER_ITEMS]
     (tmp / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    write_split("mine", {"source": "jsonl", "path": "mine.jsonl"}, "test", tmp / "items.jsonl", root=tmp)
+    write_split("mine", {"source": "jsonl", "path": "mine.jsonl"}, "test", tmp / "items.jsonl", tmp / "recordings",
+                root=tmp)
     synthesize_split(tmp / "items.jsonl", "letter", VoiceSpec("en-us", 175, 50), tmp / "s.parquet", tmp / "audio")
     align_split(tmp / "s.parquet", AlignSpec(), tmp / "items.parquet")
     rows, style = read_shard(tmp / "items.parquet", 0, 256, None)

@@ -58,7 +58,8 @@ def test_open_items_get_answers_scored_by_their_evaluator(setup, tmp_path):
     dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", spec_of(batch_items=3), "tiny")
     reader = StoreReader(tmp_path / "s.zarr")
     write_tables([str(tmp_path / "s.zarr")], {"model": "tiny", "dataset": "mix", "voice": "en-us"},
-                 tmp_path / "pred.parquet", tmp_path / "acc.csv", tmp_path / "responses.parquet")
+                 tmp_path / "pred.parquet", tmp_path / "acc.csv", tmp_path / "responses.parquet",
+                 tmp_path / "skipped.csv")
     resp = pd.read_parquet(tmp_path / "responses.parquet").set_index(["id", "condition"])
     assert len(resp) == 2 * len(rows)
     by_id = {r.id: r for r in rows}
@@ -67,7 +68,7 @@ def test_open_items_get_answers_scored_by_their_evaluator(setup, tmp_path):
         if row.item.task == "mc":  # log-likelihood scoring: no answer generated, score = correctness
             assert r.response == "" and r.score in (0.0, 1.0) and r.reason == ""
             continue
-        inputs = speech_inputs(adapter, row) if cond == "S" else adapter.text_inputs(row.item, "cloze")
+        inputs = speech_inputs(adapter, row, "cloze") if cond == "S" else adapter.text_inputs(row.item, "cloze")
         assert r.response == adapter.generate(inputs, **DECODING)  # the answer of an independent generation
         verdict = evaluate(r.response, row.item, "cloze")
         if row.item.task == "qa":
@@ -95,7 +96,7 @@ def test_generated_multiple_choice_is_extracted_never_guessed(setup, tmp_path, m
     monkeypatch.setattr(adapter, "generate", lambda x, **kw: known.get(x.item_id) or real(x, **kw))
     dump_states(adapter, mc, "cloze", tmp_path / "g.zarr", spec_of(scoring="generate"), "tiny")
     write_tables([str(tmp_path / "g.zarr")], {"model": "tiny"}, tmp_path / "p.parquet", tmp_path / "a.csv",
-                 tmp_path / "r.parquet")
+                 tmp_path / "r.parquet", tmp_path / "s.csv")
     resp = pd.read_parquet(tmp_path / "r.parquet")
     for r in resp.itertuples():
         item = next(x.item for x in mc if x.id == r.id)
