@@ -79,21 +79,22 @@ def build_checkpoint(out: Path, texts: list[str], seed: int) -> None:
 
 
 def config_snippet(out: Path) -> str:
+    """A whole config.yaml for a fresh folder: the tiny checkpoint on the mmsu dataset, nothing of the lab study."""
     return f"""\
-# snakemake --configfile THIS: merged into config.yaml (its lab dataset and lab models stay)
+# config.yaml of a fresh folder; run: snakemake -s <modgap>/Snakefile -d <folder> --cores 2
 datasets:
   mmsu:
     source: voicebench
     path: {out / 'mmsu'}
-    subset: mmsu          # multiple choice; splits (subjects) all read, each split's name is its items' subject
+    subset: mmsu          # multiple choice; every split (subject) is read, its name is its items' subject
     style: letter
 models:
-  tiny:
+  qwen2-audio:
     family: qwen2_audio
     path: {out / 'qwen2-audio-tiny'}
-    device: auto
-states:
-  datasets: [mmsu]
+metrics:                # the tiny checkpoint has 2 decoder layers; a 32-layer Qwen2-Audio-7B takes the defaults
+  dtw: {{base_layer: 1}}
+  cka: {{stability: [{{metric: l2}}, {{band: 10}}]}}
 """
 
 

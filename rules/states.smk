@@ -5,7 +5,7 @@ import sys
 
 from modgap.plan import expand_models, storage_report
 
-MODELS = expand_models(config["models"], config["prompts"], LAB_PLAN.checkpoints)
+MODELS = expand_models(config["models"], config["prompts"], LAB_PLAN.checkpoints if LAB_PLAN else {})
 STATES = "results/states/{model}/{dataset}/{voice}"
 
 

@@ -239,7 +239,7 @@ def test_tiny_release_script_builds_a_checkpoint_and_mmsu_the_workflow_reads(tmp
     cfg = validate_config(yaml.safe_load(run.stdout.split("\n\n", 1)[1]))
     items = load_items("mmsu", cfg["datasets"]["mmsu"], audio_dir=tmp_path / "rec")["test"]
     assert len(items) == len({it.subject for it in items}) == 5 and all(Path(it.audio).is_file() for it in items)
-    ckpt = cfg["models"]["tiny"]["path"]
+    ckpt = cfg["models"]["qwen2-audio"]["path"]
     config = AutoConfig.from_pretrained(ckpt)
     assert config.audio_config.max_source_positions == 1500 and config.audio_config.num_mel_bins == 128
     assert WhisperFeatureExtractor.from_pretrained(ckpt).n_samples == 30 * 16000

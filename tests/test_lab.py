@@ -187,7 +187,8 @@ def test_lab_plan_from_config():
 
     config = validate_config(
         {"datasets": {"lab": {"source": "lab", "style": "cloze", "splits": ["train", "test"]}},
-         "tts": {"voices": {"train": ["en-us", "en-us+m3"], "test": ["en-us+f3"]}}}
+         "tts": {"voices": {"train": ["en-us", "en-us+m3"], "test": ["en-us+f3"]}},
+         "models": {"lab": {"family": "qwen2_audio", "lab": ["frozen"]}}}
     )
     config["lab"] = {"dataset": "lab", "recipe": "smoke", "overrides": {}, "source": "train", "strategies": ["frozen"]}
     plan = lab_plan(config)
@@ -197,3 +198,5 @@ def test_lab_plan_from_config():
     config["tts"]["voices"]["test"] = ["en-us"]
     with pytest.raises(ValueError, match="unseen"):
         lab_plan(config)
+    config["models"] = {"mine": {"family": "qwen2_audio", "path": "my/checkpoint"}}
+    assert lab_plan(config) is None  # no lab model: no lab rule, whatever the lab keys say

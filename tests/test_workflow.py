@@ -39,7 +39,8 @@ def test_lab_and_states_outputs(study):
     merged = states.merge(lab, left_on="model", right_on="checkpoint")
     assert (merged["text_acc_x"] == merged["text_acc_y"]).all() and (merged["speech_acc_x"] == merged["speech_acc_y"]).all()
     shards = sorted(p.name for p in (workdir / "results" / "states" / "lab-full@step10" / "lab" / "en-us+f3").iterdir())
-    assert shards == ["accuracy.csv", "predictions.parquet", "shard0.zarr", "shard1.zarr", "skipped.csv"]
+    assert shards == ["accuracy.csv", "predictions.parquet", "responses.parquet", "shard0.zarr", "shard1.zarr",
+                      "skipped.csv"]
 
 
 def test_metrics_outputs(study):
@@ -120,9 +121,9 @@ def test_tts_change_reruns_only_what_depends_on_it(study):
     # the test voice's corpus, scoring and every checkpoint's states; not the items, nor the training split or training
     assert jobs == {
         "corpus_speech": 1, "corpus_align": 1, "corpus_summary": 1, "lab_score": 1,
-        "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "metrics": 4, "metrics_heatmaps": 4, "stats": 1,
-        "findings": 1, "interventions_shard": 8, "interventions": 1, "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1,
-        "plot_cka": 4, "plot_heatmaps": 4, "plot_interventions": 1, "all": 1,
+        "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "states_suites": 1, "metrics": 4,
+        "metrics_heatmaps": 4, "stats": 1, "findings": 1, "interventions_shard": 8, "interventions": 1,
+        "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "plot_heatmaps": 4, "plot_interventions": 1, "all": 1,
     }
 
 
@@ -149,3 +150,15 @@ def test_missing_dataset_file_fails_naming_it(tmp_path):
     proc = snakemake(tmp_path, "--dry-run", check=False)
     assert proc.returncode != 0
     assert "config key datasets.mine.path: file not found: data/none.jsonl" in proc.stdout
+
+
+def test_released_checkpoint_study_plans_no_lab_rule(tmp_path):
+    """A folder whose config names only a user's dataset and checkpoint (no lab model): the whole study is planned,
+    and no lab rule (which needs the lab dataset) is among its jobs."""
+    record = {"id": "q1", "subject": "s", "question": "what is two plus three", "choices": ["five", "six"], "answer": 0}
+    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
+    write_config(tmp_path, {"datasets": {"mine": {"source": "jsonl", "path": "data.jsonl"}},
+                            "models": {"mine": {"family": "qwen2_audio", "path": str(tmp_path / "checkpoint")}}})
+    jobs = planned_jobs(tmp_path)
+    assert jobs["states_dump"] == 1 and jobs["findings"] == 1 and jobs["all"] == 1
+    assert not [rule for rule in jobs if rule.startswith("lab_")]

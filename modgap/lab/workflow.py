@@ -28,8 +28,11 @@ class LabPlan:
         }
 
 
-def lab_plan(config: dict, root: str = ".") -> LabPlan:
-    """The lab plan of a validated config (keys under `lab`; the dataset must be a voiced `lab` source)."""
+def lab_plan(config: dict, root: str = ".") -> LabPlan | None:
+    """The lab plan of a validated config (keys under `lab`; the dataset must be a voiced `lab` source), or None when
+    no model entry is a lab model (a study of released checkpoints only: no lab rule runs)."""
+    if not any("lab" in spec for spec in config["models"].values()):
+        return None
     lab = config["lab"]
     name = lab["dataset"]
     spec = config["datasets"][name]
