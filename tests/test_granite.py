@@ -20,15 +20,6 @@ ITEM = Item("it-7", "arithmetic", "what is five plus ten", ["fifteen", "eighteen
 DECODING = {"greedy": True, "max_new_tokens": 3, "repetition_penalty": 1.0}
 
 
-def wave(seconds: float, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tiny_tokenizer()
-
-
 @pytest.fixture(scope="module")
 def granite(tmp_path_factory, tok):
     return load_adapter("granite_speech", tiny.build_granite(tmp_path_factory.mktemp("base"), tok), device="cpu")
@@ -94,7 +85,7 @@ def test_a_projector_block_is_one_300_ms_interval(granite):
 def test_speech_words_by_block(granite):
     """Word indices follow the blocks' intervals: [0, 300) holds 200 ms of word 0, [300, 600) lies in word 1,
     [600, 900) has only 100 ms of it."""
-    s = granite.speech_inputs(ITEM, wave(1.3), "cloze", word_spans_ms=np.array([[0, 200], [200, 700]]))
+    s = granite.speech_inputs(ITEM, tiny.noise(1.3), "cloze", word_spans_ms=np.array([[0, 200], [200, 700]]))
     assert s.words[:9].tolist() == [0, 0, 0, 1, 1, 1, -1, -1, -1]
 
 
@@ -109,7 +100,7 @@ def test_lora_loads_from_the_model_folder(with_lora, granite, tok):
     assert saved[f"base_model.model.{key}.weight"].abs().min() > 0
     torch.testing.assert_close(a.model.lm_head.weight, base.model.lm_head.weight)  # the same base weights
 
-    s = a.speech_inputs(ITEM, wave(1.3), "cloze")
+    s = a.speech_inputs(ITEM, tiny.noise(1.3), "cloze")
     speech = a.prefill(s).logprobs
     assert not torch.allclose(speech, base.prefill(s).logprobs, atol=1e-3)  # the adapter acts on S
     for style in ("letter", "cloze"):

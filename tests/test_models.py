@@ -33,15 +33,6 @@ MS_PER_POSITION = {"qwen2_audio": 40, "qwen2_5_omni": 40, "voxtral": 80, "granit
 POSITIONS = {"qwen2_audio": 32, "qwen2_5_omni": 32, "voxtral": 17, "granite_speech": 15}
 
 
-def wave(seconds: float, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny.tiny_tokenizer()
-
-
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory, tok):
     return {f: build(tmp_path_factory.mktemp(f), tok) for f, build in tiny.BUILDERS.items()}
@@ -56,7 +47,7 @@ def adapters(paths):
 def inputs(adapters):
     """Per family: S (1.3 s) and T inputs of ITEM in both styles."""
     return {
-        f: {"S": a.speech_inputs(ITEM, wave(SECONDS), "cloze"), "letter": a.text_inputs(ITEM, "letter"),
+        f: {"S": a.speech_inputs(ITEM, tiny.noise(SECONDS), "cloze"), "letter": a.text_inputs(ITEM, "letter"),
             "cloze": a.text_inputs(ITEM, "cloze")}
         for f, a in adapters.items()
     }
@@ -108,7 +99,7 @@ def test_qwen2_audio_inputs_equal_its_processor(paths, adapters, inputs):
     s = inputs["qwen2_audio"]["S"]
     processor = Qwen2AudioProcessor.from_pretrained(paths["qwen2_audio"])
     one_audio = s.text.replace("<|AUDIO|>" * len(s.span), "<|AUDIO|>")
-    ref = processor(text=one_audio, audio=wave(SECONDS), sampling_rate=16000, return_tensors="pt")
+    ref = processor(text=one_audio, audio=tiny.noise(SECONDS), sampling_rate=16000, return_tensors="pt")
     assert torch.equal(ref["input_ids"], s.model_inputs["input_ids"])
     assert torch.equal(ref["input_features"], s.model_inputs["input_features"])
     assert torch.equal(ref["feature_attention_mask"], s.model_inputs["feature_attention_mask"])
@@ -131,7 +122,7 @@ def torchaudio_log_mel(w: np.ndarray) -> torch.Tensor:
 
 @pytest.mark.parametrize("seconds", [1.3, 2.01])
 def test_granite_log_mel_matches_torchaudio_recipe(seconds):
-    w = wave(seconds, seed=1)
+    w = tiny.noise(seconds, seed=1)
     ours, ref = log_mel(w, tiny.GRANITE_FEATURES), torchaudio_log_mel(w)
     assert ours.shape == ref.shape == (1, (len(w) // 160 + 1) // 2, 160)
     assert (ours - ref).abs().max() < 1e-4
@@ -206,7 +197,7 @@ BATCH = [
 @pytest.mark.parametrize("condition", ["S", "T"])
 def test_batched_prefill_equals_unbatched(family, condition, adapters):
     a = adapters[family]
-    xs = [a.speech_inputs(it, wave(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
+    xs = [a.speech_inputs(it, tiny.noise(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
           for k, (it, sec) in enumerate(BATCH)]
     assert len({len(x.span) for x in xs}) == len(xs)  # Voxtral S pads each to whole windows, all others left-pad
     for b, x, (it, _) in zip(a.prefill_batch(xs, hidden=True), xs, BATCH):
@@ -217,7 +208,7 @@ def test_batched_prefill_equals_unbatched(family, condition, adapters):
         scores = a.score_prefill(b, it, "cloze").logliks
         np.testing.assert_allclose(scores, a.score_prefill(s, it, "cloze").logliks, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="one condition"):
-        a.prefill_batch([a.speech_inputs(ITEM, wave(SECONDS), "cloze"), a.text_inputs(ITEM, "cloze")])
+        a.prefill_batch([a.speech_inputs(ITEM, tiny.noise(SECONDS), "cloze"), a.text_inputs(ITEM, "cloze")])
 
 
 @pytest.mark.parametrize("family", list(tiny.BUILDERS))
@@ -265,7 +256,7 @@ def test_hooks_see_and_edit_the_span(family, adapters, inputs):
     [("qwen2_audio", 112, 112), ("qwen2_5_omni", 112, 112)],
 )
 def test_long_audio_rejected_or_windowed(family, placeholders, content, paths, adapters):
-    w = wave(4.5)
+    w = tiny.noise(4.5)
     with pytest.raises(LongAudioError, match=r"item it-7: audio is 4\.50 s, longer than .* 2 s"):
         adapters[family].speech_inputs(ITEM, w, "cloze")
     a = load_adapter(family, paths[family], device="cpu", long_audio="window")
@@ -279,14 +270,14 @@ def test_long_audio_rejected_or_windowed(family, placeholders, content, paths, a
 
 
 def test_granite_takes_long_audio_whole(adapters):
-    s = adapters["granite_speech"].speech_inputs(ITEM, wave(4.5), "cloze")
+    s = adapters["granite_speech"].speech_inputs(ITEM, tiny.noise(4.5), "cloze")
     assert len(s.span) == 45  # (72000 // 160 + 1) // 2 = 225 encoder frames = 15 blocks of 3
 
 
 def test_speech_words_from_timings(adapters):
     a = adapters["qwen2_audio"]
     spans = np.array([[100, 300], [300, 700], [900, 1250]])
-    words = a.speech_inputs(ITEM, wave(SECONDS), "cloze", word_spans_ms=spans).words
+    words = a.speech_inputs(ITEM, tiny.noise(SECONDS), "cloze", word_spans_ms=spans).words
     # 40 ms positions: [80,120) is half in word 0; [280,320) ties -> the earlier word; [720,760) is in the pause;
     # [1240,1280) has only 10 ms of word 2.
     assert words[[0, 1, 2, 7, 8, 17, 18, 30, 31]].tolist() == [-1, -1, 0, 0, 1, 1, -1, 2, -1]
@@ -305,7 +296,7 @@ def test_lab_model_scores_like_the_lab_scorer(tmp_path):
     processor.save_pretrained(tmp_path)
     a = load_adapter("qwen2_audio", tmp_path, device="cpu")
     assert a.window_samples == r.audio_window_s * 16000
-    w = wave(SECONDS)
+    w = tiny.noise(SECONDS)
     text = a.score(a.text_inputs(ITEM, "cloze"), ITEM, "cloze").logliks
     speech = a.score(a.speech_inputs(ITEM, w, "cloze"), ITEM, "cloze").logliks
     np.testing.assert_allclose(text, score.logliks(model, processor, [ITEM])[0], atol=1e-4)
@@ -328,7 +319,7 @@ def test_positions_to_words():
 def test_prompt_options_are_shared_and_outside_the_span(paths, tok):
     prompt = Prompt(system="Be brief.", instruction={"letter": "\nAnswer with a letter."}, cue="The answer is")
     a = load_adapter("qwen2_audio", paths["qwen2_audio"], device="cpu", prompt=prompt)
-    s, t = a.speech_inputs(ITEM, wave(SECONDS), "letter"), a.text_inputs(ITEM, "letter")
+    s, t = a.speech_inputs(ITEM, tiny.noise(SECONDS), "letter"), a.text_inputs(ITEM, "letter")
     for x in (s, t):
         assert x.text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
         assert x.text.endswith("\nAnswer with a letter.<|im_end|>\n<|im_start|>assistant\nThe answer is")
@@ -345,10 +336,10 @@ def test_instruction_follows_the_style_and_skips_open_tasks(paths):
     a = load_adapter("qwen2_audio", paths["qwen2_audio"], device="cpu", prompt=prompt)
     end = "<|im_end|>\n<|im_start|>assistant\n"
     assert a.text_inputs(ITEM, "letter").text.endswith(f"{spoken_text(ITEM, 'letter')}\nAnswer with a letter.{end}")
-    assert a.speech_inputs(ITEM, wave(SECONDS), "letter").text.endswith(f"<|audio_eos|>\n\nAnswer with a letter.{end}")
+    assert a.speech_inputs(ITEM, tiny.noise(SECONDS), "letter").text.endswith(f"<|audio_eos|>\n\nAnswer with a letter.{end}")
     assert a.text_inputs(ITEM, "cloze").text.endswith(f"user\n{ITEM.question}{end}")
     assert a.text_inputs(OPEN, "letter").text.endswith(f"user\n{OPEN.question}{end}")  # generation: no letter asked
-    assert a.speech_inputs(OPEN, wave(SECONDS), "letter").text.endswith(f"<|audio_eos|>\n{end}")
+    assert a.speech_inputs(OPEN, tiny.noise(SECONDS), "letter").text.endswith(f"<|audio_eos|>\n{end}")
 
 
 def test_prompt_ids_render_system_instruction_and_cue(paths, tok):
@@ -388,7 +379,7 @@ def test_load_run_asks_with_the_runs_prompt(paths):
 def test_prefill_projects_only_the_last_position(family, condition, adapters):
     """The head sees one position per prompt, and the next-token log-probs equal the model's full forward's."""
     a = adapters[family]
-    xs = [a.speech_inputs(it, wave(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
+    xs = [a.speech_inputs(it, tiny.noise(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
           for k, (it, sec) in enumerate(BATCH)]
     if condition == "S" and not a.batch_audio:
         xs = xs[:1]
@@ -440,14 +431,14 @@ def test_no_deprecated_transformers_api(family, adapters):
 def test_device_map_loads_without_moving_the_model(paths, adapters):
     a = load_adapter("qwen2_audio", paths["qwen2_audio"], device="cuda", device_map="cpu")  # device is not used
     assert a.device == torch.device("cpu") and {p.device.type for p in a.model.parameters()} == {"cpu"}
-    s = a.speech_inputs(ITEM, wave(SECONDS), "cloze")
+    s = a.speech_inputs(ITEM, tiny.noise(SECONDS), "cloze")
     np.testing.assert_allclose(a.score(s, ITEM, "cloze").logliks,
                                adapters["qwen2_audio"].score(s, ITEM, "cloze").logliks, rtol=0, atol=1e-6)
 
 
 def test_bfloat16_and_generation(paths):
     a = load_adapter("qwen2_audio", paths["qwen2_audio"], dtype="bfloat16", device="cpu")
-    s = a.speech_inputs(ITEM, wave(SECONDS), "letter")
+    s = a.speech_inputs(ITEM, tiny.noise(SECONDS), "letter")
     assert a.hidden_states(s).dtype == torch.bfloat16
     assert np.isfinite(a.score(s, ITEM, "letter").logliks).all()
     answer = a.generate(s, greedy=True, max_new_tokens=3, repetition_penalty=1.0)

@@ -27,10 +27,6 @@ PROMPT = Prompt(instruction={"letter": INSTRUCTION, "cloze": INSTRUCTION}, cue="
 AUDIO, BEGIN_AUDIO = 24, 25
 
 
-def wave(seconds: float, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
     return tiny.build_voxtral(tmp_path_factory.mktemp("voxtral"))
@@ -68,7 +64,7 @@ def test_tokenizer_and_processor_load_as_on_the_hub(path, adapter):
 
 @pytest.mark.parametrize("style", ["letter", "cloze"])
 def test_ids_equal_mistral_commons_own_encoding(style, adapter, reference):
-    transcript, w = spoken_text(ITEM, style), wave(1.3)
+    transcript, w = spoken_text(ITEM, style), tiny.noise(1.3)
     t, s = adapter.text_inputs(ITEM, style), adapter.speech_inputs(ITEM, w, style)
     text = [TextChunk(text=transcript + INSTRUCTION)]
     assert t.model_inputs["input_ids"][0].tolist() == reference_ids(reference, text, PROMPT)
@@ -107,7 +103,7 @@ def test_char_offsets_of_byte_offsets():
 
 
 def test_speech_placeholders_and_features_match_the_processor(path, adapter, tmp_path):
-    w = wave(1.3)
+    w = tiny.noise(1.3)
     s = adapter.speech_inputs(ITEM, w, "letter")
     sf.write(tmp_path / "q.wav", w, 16000, subtype="FLOAT")
     conversation = [
@@ -127,7 +123,7 @@ def test_speech_placeholders_and_features_match_the_processor(path, adapter, tmp
 
 
 def test_long_audio_in_30s_windows(path, adapter):
-    w = wave(31)
+    w = tiny.noise(31)
     with pytest.raises(LongAudioError, match=r"item it-7: audio is 31\.00 s, longer than the voxtral window of 30 s"):
         adapter.speech_inputs(ITEM, w, "letter")
     a = load_adapter("voxtral", path, device="cpu", long_audio="window")
@@ -140,7 +136,7 @@ def test_long_audio_in_30s_windows(path, adapter):
 
 
 def test_forward_on_both_conditions(adapter):
-    s, t = adapter.speech_inputs(ITEM, wave(1.3), "letter"), adapter.text_inputs(ITEM, "letter")
+    s, t = adapter.speech_inputs(ITEM, tiny.noise(1.3), "letter"), adapter.text_inputs(ITEM, "letter")
     for x in (s, t):
         p = adapter.prefill(x, hidden=True)
         assert p.hidden.shape == (adapter.n_layers + 1, len(x.span), adapter.hidden_size) == (3, len(x.span), 32)
@@ -158,7 +154,7 @@ def around_the_question(x) -> tuple[list[int], list[int]]:
 
 
 def test_instruction_and_cue_are_identical_in_both_conditions(adapter, reference):
-    s_before, s_after = around_the_question(adapter.speech_inputs(ITEM, wave(1.3), "letter"))
+    s_before, s_after = around_the_question(adapter.speech_inputs(ITEM, tiny.noise(1.3), "letter"))
     t_before, t_after = around_the_question(adapter.text_inputs(ITEM, "letter"))
     bos, inst, end_inst = 1, 3, 4
     assert s_before == [bos, inst, BEGIN_AUDIO] and t_before == [bos, inst]
@@ -170,7 +166,7 @@ def test_system_prompt_with_audio(tmp_path, reference):
     with pytest.raises(ValueError, match=r"^voxtral: .* takes no system prompt with audio \(.*version 13\.\)$"):
         load_adapter("voxtral", tiny.build_voxtral(tmp_path / "v7"), device="cpu", prompt=system)
     a = load_adapter("voxtral", tiny.build_voxtral(tmp_path / "v13", version="v13"), device="cpu", prompt=system)
-    s_before, s_after = around_the_question(a.speech_inputs(ITEM, wave(1.3), "letter"))
+    s_before, s_after = around_the_question(a.speech_inputs(ITEM, tiny.noise(1.3), "letter"))
     t_before, t_after = around_the_question(a.text_inputs(ITEM, "letter"))
     begin_system, end_system, inst = 17, 18, 3
     assert t_before == [1, begin_system, *encode(reference, "Be brief."), end_system, inst]

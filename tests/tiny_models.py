@@ -11,6 +11,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from mistral_common.tokens.tokenizers.audio import AudioConfig, AudioSpectrogramConfig
 from mistral_common.tokens.tokenizers.base import SpecialTokens, TokenizerVersion
@@ -250,6 +251,11 @@ def build_granite_with_lora(out: Path, tok: PreTrainedTokenizerFast) -> Path:
     lora.save_pretrained(out)
     return out
 
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    """[seconds * 16000] float32 seeded white noise (std 0.1): audio input whose content does not matter."""
+    return (np.random.default_rng(seed).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
 
 BUILDERS = {
     "qwen2_audio": build_qwen2_audio, "qwen2_5_omni": build_omni,
