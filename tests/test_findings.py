@@ -54,6 +54,8 @@ def test_fit_findings_print_the_floor():
     (row,) = findings.fit_findings(fits)
     assert row["verdict"] == "not significant; smallest attainable p 0.0833"
     assert "floor 0.0833" in row["control"] and row["value"] == 0.6
+    one = fits.assign(n_checkpoints=1, slope=np.nan, r2=np.nan, perm_p=np.nan, perm_floor=np.nan)
+    assert findings.fit_findings(one)[0]["verdict"] == "not testable with 1 checkpoint(s)"  # a released model alone
 
 
 def test_gap_and_condition_findings():

@@ -133,7 +133,8 @@ def fit_findings(fits: pd.DataFrame) -> list[dict]:
             "n_checkpoints": r.n_checkpoints,
             "control": f"permutation p = {r.perm_p:.3g} (floor {r.perm_floor:.3g}); R² interval: {r.r2_ci_source}",
             "control_value": r.perm_floor,
-            "verdict": ("significant" if significant else f"not significant{floor_note}"),
+            "verdict": ("significant" if significant else f"not significant{floor_note}" if np.isfinite(r.perm_p)
+                        else f"not testable with {r.n_checkpoints} checkpoint(s)"),
             "source": "stats fits.csv",
         })
     return rows
