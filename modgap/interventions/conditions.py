@@ -309,12 +309,12 @@ def run_conditions(
     """Re-score every row under every condition; returns the per-item table (`COLUMNS`), baselines included as
     conditions "S" and "T".
 
-    Edit and Calibration rows compare with the unedited S prediction, Redundancy rows with the baseline T
-    prediction (r = 1 reproduces it exactly); a KVMerge runs with its random-pairs control (`_merge_runs`). Every Edit also runs under each of `controls` (`CONTROLS`; seeded by
+    Edit, Calibration and KVMerge rows compare with the unedited S prediction, Redundancy rows with the baseline T
+    prediction (r = 1 reproduces it exactly). Every Edit also runs under each of `controls` (`CONTROLS`; seeded by
     `seed`, the item and the condition, so independent of batching; other-item partners drawn from `partner_pool`,
-    default `rows`: see `partner_rows`); Calibration edits the whole span and has no site controls. Calibration
-    statistics are fitted on `calibration_rows`, which must not share an item id with `rows` (ValueError naming
-    them).
+    default `rows`: see `partner_rows`); Calibration edits the whole span and has no site controls; a KVMerge runs
+    with its random-pairs control (`_merge_runs`). Calibration statistics are fitted on `calibration_rows`, which
+    must not share an item id with `rows` (ValueError naming them).
     """
     if not rows:
         raise ValueError("no items to run interventions on")

@@ -60,7 +60,8 @@ def group_means(x: Tensor, anchors: Tensor) -> Tensor:
     one keeps its row exactly."""
     a = anchors.to(x.device)
     sums = torch.zeros_like(x, dtype=torch.float32).index_add_(0, a, x.float())
-    counts = torch.zeros(len(x), dtype=torch.float32, device=x.device).index_add_(0, a, torch.ones_like(a, dtype=torch.float32))
+    ones = torch.ones(len(a), dtype=torch.float32, device=x.device)
+    counts = torch.zeros(len(x), dtype=torch.float32, device=x.device).index_add_(0, a, ones)
     single = (counts[a] == 1)[:, None]
     return torch.where(single, x, (sums[a] / counts[a][:, None]).to(x.dtype))
 

@@ -128,7 +128,7 @@ def control_effects(table: pd.DataFrame) -> pd.DataFrame:
         path = group[group["control"] == "path"]
         row = {"condition": runs["path"]["label"], **dict(zip(EDIT_KEYS, keys)), "n_items": len(path),
                "n_edited": float(path["n_edited"].mean()),
-               "merge_ratio": float(path["merge_ratio"].mean()) if "merge_ratio" in path else np.nan,
+               "merge_ratio": float(path["merge_ratio"].mean()),
                "baseline_accuracy": runs["path"]["baseline_accuracy"],
                **{f"{c}_delta": runs[c]["delta"] if c in runs else np.nan for c in SITES}}
         if "random" in runs:
