@@ -10,7 +10,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from test_interventions import STYLE, hook_snapshot, interventions_options, setup, speech  # noqa: F401 (fixture)
+from test_interventions import (  # noqa: F401 (fixtures)
+    STYLE, granite, hook_snapshot, interventions_options, setup, speech,
+)
 
 from modgap.interventions.conditions import KVMerge, conditions_from_options, run_conditions
 from modgap.interventions.controls import item_generator
@@ -100,8 +102,10 @@ def test_threshold_above_one_reproduces_the_baseline_bit_for_bit(setup):
             assert merged.loc[i, "loglik"] == s.loc[i, "loglik"]  # exact float equality
 
 
-def test_merged_groups_hold_identical_keys_and_values_in_the_cache(setup):
+@pytest.mark.parametrize("family", ["qwen2_audio", "granite"])  # Granite: one prompt per forward
+def test_merged_groups_hold_identical_keys_and_values_in_the_cache(setup, request, family):
     adapter, rows, _ = setup
+    adapter = adapter if family == "qwen2_audio" else request.getfixturevalue("granite")
     inputs = speech(adapter, rows[:2])
     block = adapter.n_layers - 1
     merge = spine.Merge([block], lambda g, b, keys: similarity_links(keys, -2.0, 0.25))  # every pair qualifies

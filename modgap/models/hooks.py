@@ -12,6 +12,9 @@ sequence. The hooks map them onto each forward call: `prefill_batch` left-pads e
 call (padding = call width - prompt length), and families that cannot batch audio run one call per prompt; both are
 handled by counting rows across calls. Open a context around the prompt forward only (`modgap.states.spine.forward`
 does) and score the options after it has closed.
+
+`merge_kv` hooks a block's attention instead (its `k_proj`/`v_proj` outputs and its rotary table) for P2's KV token
+merging.
 """
 from __future__ import annotations
 
