@@ -39,12 +39,17 @@ def test_path_lift_at_the_best_layer(lift, verdict):
 
 
 def test_edit_findings_report_path_minus_random():
-    controls = pd.DataFrame([{"model": "m", "condition": "angle all @0", "n_items": 200, "path_delta": 20.0,
-                              "random_delta": 18.0, "even_delta": 19.0, "other_item_delta": -5.0, "effect": 2.0,
-                              "effect_ci_lo": -1.0, "effect_ci_hi": 5.0, "effect_mcnemar_p": 0.3}])
-    (row,) = findings.edit_findings(controls)
+    controls = pd.DataFrame([{"model": "m", "condition": "angle all @0", "op": "angle", "n_items": 200,
+                              "path_delta": 20.0, "random_delta": 18.0, "even_delta": 19.0, "other_item_delta": -5.0,
+                              "effect": 2.0, "effect_ci_lo": -1.0, "effect_ci_hi": 5.0, "effect_mcnemar_p": 0.3},
+                             {"model": "m", "condition": "kv_merge @7-21 cos>0.9 max 0.25", "op": "kv_merge",
+                              "n_items": 200, "path_delta": 0.5, "random_delta": -1.0, "even_delta": np.nan,
+                              "other_item_delta": np.nan, "effect": 1.5, "effect_ci_lo": 0.5, "effect_ci_hi": 2.5,
+                              "effect_mcnemar_p": 0.01}])
+    row, merge = findings.edit_findings(controls)
     assert row["value"] == 2.0 and row["verdict"] == "indistinguishable from control"
     assert "random +18.0" in row["control"] and "p = 0.3" in row["control"]
+    assert "random pairs" in merge["claim"] and "even" not in merge["control"]
 
 
 def test_fit_findings_print_the_floor():

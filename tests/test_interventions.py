@@ -510,7 +510,7 @@ def _synthetic(acc: dict[str, list[int]]) -> pd.DataFrame:
                          "select": select, "op": op, "metric": "cos" if cond == "edit" else None,
                          "select_layer": layer if cond == "edit" else None, "r": r, "prediction": c,
                          "correct": c, "baseline_prediction": b, "baseline_correct": b, "n_edited": 1,
-                         "loglik": [0.0], "baseline_loglik": [0.0]})
+                         "merge_ratio": None, "loglik": [0.0], "baseline_loglik": [0.0]})
     t = pd.DataFrame(rows)[COLUMNS]
     for col in ("layer", "select_layer", "r"):
         t[col] = t[col].astype("Int64")

@@ -20,6 +20,9 @@ derangement of a pool of items, by default the items run, in the stage the whole
 not depend on the shard; their text states come from one extra T forward per batch). Rows carry `control`: "path"
 for the condition itself, the control's name for a control, "none" for baselines, calibration and redundancy.
 
+KV merging (P2 App. C): `KVMerge` merges similar adjacent speech keys/values in a block range's attention
+(`modgap.interventions.kv_merge`, `modgap.models.hooks.merge_kv`), against as many random adjacent merges.
+
 Edit sites: hidden state l at the hook point of `modgap.models.hooks` (0 = input embeddings, l = output of block l,
 both equal to `output_hidden_states[l]` for l < L). "input" is layer 0, "middle" layer L // 2 (the output of the
 middle block) and "output" layer L - 1, the last one whose edit can reach the answer (see `resolve_layer`). Recorded
@@ -40,6 +43,7 @@ import torch
 from modgap.corpus.items import Item
 from modgap.corpus.table import Row
 from modgap.interventions.calibration import STATS_MODES, CalibrationStats, MomentStats, check_held_out
+from modgap.interventions.kv_merge import random_links, realised_ratio, similarity_links
 from modgap.interventions.controls import (
     CONTROLS, control_sites, item_generator, other_item_partners, other_item_tokens,
 )
@@ -56,7 +60,7 @@ from modgap.states import spine
 _SELECT = re.compile(r"^(?:all|bottom-(\d+))$")
 COLUMNS = [
     "id", "condition", "label", "control", "layer", "site", "select", "op", "metric", "select_layer", "r", "prediction",
-    "correct", "baseline_prediction", "baseline_correct", "n_edited", "loglik", "baseline_loglik",
+    "correct", "baseline_prediction", "baseline_correct", "n_edited", "merge_ratio", "loglik", "baseline_loglik",
 ]
 
 
@@ -144,17 +148,37 @@ class Redundancy:
             raise ValueError(f"redundancy factor must be an integer >= 1, got {self.r!r}")
 
 
-Condition = Union[Edit, Calibration, Redundancy]
+@dataclass(frozen=True)
+class KVMerge:
+    """P2 KV token merging in the attention of decoder blocks `first`..`last` (0-based, inclusive; see
+    `modgap.models.hooks.merge_kv`): adjacent speech positions whose keys have cosine above `threshold` merge, at
+    most `max_ratio` of the span per block. Its rows have condition "kv_merge", layer = first, select_layer = last,
+    n_edited = merges summed over the blocks and merge_ratio = `realised_ratio`; its control ("random") merges the
+    same number of adjacent pairs per item and block, drawn at random (seeded per item, block and condition)."""
+
+    first: int
+    last: int
+    threshold: float = 0.9
+    max_ratio: float = 0.25
+
+    @property
+    def blocks(self) -> list[int]:
+        return list(range(self.first, self.last + 1))
+
+
+Condition = Union[Edit, Calibration, Redundancy, KVMerge]
 
 
 def conditions_from_options(options: InterventionsOptions) -> list[Condition]:
     """Every condition of the `interventions` options: edits (layers x ops x selections; "bottom-k" takes `k`),
-    calibrations and redundancy factors."""
+    calibrations, redundancy factors and KV merging (when enabled)."""
     selects = [f"bottom-{options.k}" if s == "bottom-k" else s for s in options.select]
     out: list[Condition] = [Edit(op, s, layer, options.metric, options.select_layer)
                             for layer in options.layers for op in options.ops for s in selects]
     out += [Calibration(site, options.stats_mode) for site in options.calibration]
     out += [Redundancy(int(r)) for r in options.redundancy]
+    merge = options.kv_merge
+    out += [KVMerge(*merge.layers, merge.threshold, merge.max_ratio)] if merge.enabled else []
     return out
 
 
@@ -207,6 +231,7 @@ def _row(item: Item, scores: Scores, base: Scores, n_layers: int, **fields) -> d
     row = {
         "id": item.id, "control": "none", "site": "none" if layer is None else _site(layer, n_layers),
         "select": "none", "op": "none", "metric": None, "select_layer": None, "r": None, "layer": None, "n_edited": 0,
+        "merge_ratio": None,
         **fields,
         "prediction": scores.pred, "correct": int(scores.pred == item.answer),
         "baseline_prediction": base.pred, "baseline_correct": int(base.pred == item.answer),
@@ -224,6 +249,9 @@ def _label(cond: Condition, layer: int | None = None, select_layer: int | None =
         return f"{cond.op} {cond.select} @{layer}{extra}" + ("" if control == "path" else f" ({control})")
     if isinstance(cond, Calibration):
         return f"calibration {cond.stats_mode} @{layer}"
+    if isinstance(cond, KVMerge):
+        return (f"kv_merge @{cond.first}-{cond.last} cos>{cond.threshold:g} max {cond.max_ratio:g}"
+                + ("" if control == "path" else f" ({control})"))
     return f"redundancy r={cond.r}"
 
 
@@ -253,6 +281,19 @@ def partner_rows(rows: Sequence[Row], pool: Sequence[Row], seed: int) -> list[Ro
     return [pool[int(sigma[position[r.id]])] for r in rows]
 
 
+def _merge_runs(adapter: SpeechLM, cond: KVMerge, s_in: list, items: list[Item], seed: int
+                ) -> dict[str, tuple[spine.Forward, dict[tuple[int, int], torch.Tensor]]]:
+    """The S forwards of a KV merge ("path": by key similarity) and of its control ("random": as many merges per
+    prompt and block as the path's, at adjacent pairs drawn per item and block), with their realised links."""
+    path = spine.Merge(cond.blocks, lambda g, b, keys: similarity_links(keys, cond.threshold, cond.max_ratio))
+    runs = {"path": (spine.forward(adapter, s_in, merge=path), path.links)}
+    label = _label(cond, control="random")
+    random = spine.Merge(cond.blocks, lambda g, b, keys: random_links(
+        len(keys), int(path.links[g, b].sum()), item_generator(seed, label, items[g].id, str(b))))
+    runs["random"] = (spine.forward(adapter, s_in, merge=random), random.links)
+    return runs
+
+
 def run_conditions(
     adapter: SpeechLM,
     rows: list[Row],
@@ -268,12 +309,12 @@ def run_conditions(
     """Re-score every row under every condition; returns the per-item table (`COLUMNS`), baselines included as
     conditions "S" and "T".
 
-    Edit and Calibration rows compare with the unedited S prediction, Redundancy rows with the baseline T
+    Edit, Calibration and KVMerge rows compare with the unedited S prediction, Redundancy rows with the baseline T
     prediction (r = 1 reproduces it exactly). Every Edit also runs under each of `controls` (`CONTROLS`; seeded by
     `seed`, the item and the condition, so independent of batching; other-item partners drawn from `partner_pool`,
-    default `rows`: see `partner_rows`); Calibration edits the whole span and has no site controls. Calibration
-    statistics are fitted on `calibration_rows`, which must not share an item id with `rows` (ValueError naming
-    them).
+    default `rows`: see `partner_rows`); Calibration edits the whole span and has no site controls; a KVMerge runs
+    with its random-pairs control (`_merge_runs`). Calibration statistics are fitted on `calibration_rows`, which
+    must not share an item id with `rows` (ValueError naming them).
     """
     if not rows:
         raise ValueError("no items to run interventions on")
@@ -289,7 +330,10 @@ def run_conditions(
     redundancy = list(dict.fromkeys(c for c in conditions if isinstance(c, Redundancy)))
     edits = list({_label(c, l, s): (c, l, s) for c, l, s in edits}.values())  # one run per distinct condition
     calibs = list({_label(c, l): (c, l) for c, l in calibs}.values())
-    if unknown := [c for c in conditions if not isinstance(c, (Edit, Calibration, Redundancy))]:
+    merges = list(dict.fromkeys(c for c in conditions if isinstance(c, KVMerge)))
+    if bad := [c for c in merges if not 0 <= c.first <= c.last < n_layers]:
+        raise ValueError(f"kv_merge blocks {bad[0].first}..{bad[0].last}: not a block range of 0..{n_layers - 1}")
+    if unknown := [c for c in conditions if not isinstance(c, (Edit, Calibration, Redundancy, KVMerge))]:
         raise ValueError(f"unknown condition(s) {unknown}")
     ks = [c.k for c, *_ in edits if c.k is not None]
     if ks:
@@ -350,6 +394,16 @@ def run_conditions(
                                 label=_label(cond, layer), layer=layer, select="span", op=cond.stats_mode,
                                 n_edited=len(s_in[g].span)))
 
+        for cond in merges:
+            for control, (fwd, links) in _merge_runs(adapter, cond, s_in, its, seed).items():
+                for g, (it, p, b) in enumerate(zip(its, fwd.prefills, base_s)):
+                    n_merged = int(sum(links[g, blk].sum() for blk in cond.blocks))
+                    out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="kv_merge",
+                                    label=_label(cond, control=control), control=control, layer=cond.first,
+                                    select_layer=cond.last, select=f"cos>{cond.threshold:g}", op="kv_merge",
+                                    metric=f"max {cond.max_ratio:g}", n_edited=n_merged,
+                                    merge_ratio=realised_ratio(n_merged, len(s_in[g].span), len(cond.blocks))))
+
         for cond in redundancy:
             rep = [redundant_item(it, int(cond.r)) for it in its]
             pre = spine.forward(adapter, [adapter.text_inputs(it, style) for it in rep]).prefills
@@ -358,6 +412,7 @@ def run_conditions(
                                 label=_label(cond), op="repeat", r=int(cond.r)))
 
     table = pd.DataFrame(out)[COLUMNS]
+    table["merge_ratio"] = table["merge_ratio"].astype("float64")
     for col in ("layer", "select_layer", "r"):
         table[col] = table[col].astype("Int64")
     return table

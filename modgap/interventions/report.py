@@ -98,7 +98,7 @@ def redundancy_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 EDIT_KEYS = ["layer", "site", "select", "op", "metric", "select_layer"]
-CONTROL_COLUMNS = ["condition", *EDIT_KEYS, "n_items", "n_edited", "baseline_accuracy",
+CONTROL_COLUMNS = ["condition", *EDIT_KEYS, "n_items", "n_edited", "merge_ratio", "baseline_accuracy",
                    *(f"{c}_delta" for c in SITES), "effect", "effect_ci_lo", "effect_ci_hi", "path_only",
                    "random_only", "effect_mcnemar_p"]
 
@@ -113,21 +113,23 @@ def _correct_by_item(run: pd.DataFrame, ids: pd.Index, label: str) -> pd.Series:
 
 
 def control_effects(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per edit condition of one model's per-item table (`CONTROL_COLUMNS`): `condition` (the path's
-    label), n_items, mean n_edited, baseline (unedited S) accuracy as a fraction, each run's delta against that
-    baseline (`<control>_delta`, points; NaN for a control not run), and the effect of interest, path minus the
-    random control paired on the same items: point estimate and 95% Wald interval (points), the discordant items
-    (path_only: right after the path edit only; random_only) and their exact McNemar p (NaN without a random
-    control)."""
+    """One row per edit condition (P1 edits and KV merges) of one model's per-item table (`CONTROL_COLUMNS`):
+    `condition` (the path's label), n_items, mean n_edited, mean realised merge_ratio (KV merges; NaN for edits),
+    baseline (unedited S) accuracy as a fraction, each run's delta against that baseline (`<control>_delta`, points;
+    NaN for a control not run), and the effect of interest, path minus the random control paired on the same items:
+    point estimate and 95% Wald interval (points), the discordant items (path_only: right after the path edit only;
+    random_only) and their exact McNemar p (NaN without a random control)."""
     rows = []
-    edits = table[table["condition"] == "edit"]
+    edits = table[table["condition"].isin(["edit", "kv_merge"])]
     for keys, group in edits.groupby(EDIT_KEYS, sort=False, dropna=False):
         runs = {c: summarize(g).iloc[0] for c, g in group.groupby("control")}
         if "path" not in runs:
             raise ValueError(f"edit at {dict(zip(EDIT_KEYS, keys))}: controls without their path run")
         path = group[group["control"] == "path"]
         row = {"condition": runs["path"]["label"], **dict(zip(EDIT_KEYS, keys)), "n_items": len(path),
-               "n_edited": float(path["n_edited"].mean()), "baseline_accuracy": runs["path"]["baseline_accuracy"],
+               "n_edited": float(path["n_edited"].mean()),
+               "merge_ratio": float(path["merge_ratio"].mean()),
+               "baseline_accuracy": runs["path"]["baseline_accuracy"],
                **{f"{c}_delta": runs[c]["delta"] if c in runs else np.nan for c in SITES}}
         if "random" in runs:
             ids = pd.Index(path["id"])

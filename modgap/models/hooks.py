@@ -12,6 +12,9 @@ sequence. The hooks map them onto each forward call: `prefill_batch` left-pads e
 call (padding = call width - prompt length), and families that cannot batch audio run one call per prompt; both are
 handled by counting rows across calls. Open a context around the prompt forward only (`modgap.states.spine.forward`
 does) and score the options after it has closed.
+
+`merge_kv` hooks a block's attention instead (its `k_proj`/`v_proj` outputs and its rotary table) for P2's KV token
+merging.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from modgap.interventions.kv_merge import anchors_of, group_means
 from modgap.models.base import Inputs, SpeechLM
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -150,3 +154,74 @@ def record_rows(
     for c in counters.values():
         c.check_done()
     result.extend(torch.stack([got[l][g] for l in layers]) for g in range(len(inputs)))
+
+
+Planner = Callable[[int, int, torch.Tensor], torch.Tensor]  # (prompt g, block b, span keys [n, d]) -> links [n - 1]
+
+
+def _at_anchors(table: torch.Tensor, plans: dict[int, tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:
+    """A copy of a rotary table ([..., B or 1, T, d_head], batch at dim -3) where each planned row's span positions
+    take the entry of their group's anchor position."""
+    shape = list(table.shape)
+    shape[-3] = batch
+    out = table.expand(shape).clone()
+    for r, (pos, anchors) in plans.items():
+        out[..., r, pos, :] = out[..., r, pos[anchors], :]
+    return out
+
+
+@contextmanager
+def merge_kv(adapter: SpeechLM, blocks: list[int], inputs: list[Inputs], spans: list[torch.Tensor],
+             planner: Planner) -> Iterator[dict[tuple[int, int], torch.Tensor]]:
+    """KV token merging in the attention of decoder `blocks` (0-based) during a forward of `inputs`: in each block,
+    `planner(g, b, keys)` gets prompt g's span keys (the block's `k_proj` output at `spans[g]`, pre-rotary, every
+    key head concatenated, [n, d_kv]) and returns links [n - 1] (`modgap.interventions.kv_merge`); each merged group's
+    key and value projections are replaced at every one of its positions by the group's mean, and every member takes
+    the rotary position of the group's first position (queries included), so the m members hold identical keys and
+    values: exactly the attention of one merged entry with a +log m logit bias, for every query and attention
+    implementation, with the same in the KV cache the options are scored from. Span queries inside a group see the
+    whole group (its later members included). A plan without links leaves the block untouched (bit for bit).
+
+    Yields a dict filled during the forward: {(g, b): links [n - 1]} for every prompt and block.
+    """
+    got: dict[tuple[int, int], torch.Tensor] = {}
+    counters = {b: _RowCounter(prompt_lengths(inputs)) for b in blocks}
+
+    def block_hooks(b: int, attn: nn.Module, stack: ExitStack) -> None:
+        plans: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch row -> (positions [n], anchors [n])
+
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            plans.clear()
+            h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            rows = list(counters[b].rows(h))
+            keys = module.k_proj(h)  # [B, W, d_kv]; no plan yet, so the projection hook leaves it alone
+            for r, g, pad in rows:
+                pos = spans[g].to(h.device) + pad
+                links = planner(g, b, keys[r, pos]).cpu()
+                got[(g, b)] = links
+                if links.any():
+                    plans[r] = (pos, anchors_of(links).to(h.device))
+            if not plans:
+                return None
+            rotary = tuple(_at_anchors(t, plans, h.shape[0]) for t in kwargs["position_embeddings"])
+            return args, {**kwargs, "position_embeddings": rotary}
+
+        def project(_module: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+            if not plans:
+                return None
+            new = out.clone()
+            for r, (pos, anchors) in plans.items():
+                new[r, pos] = group_means(out[r, pos], anchors)
+            return new
+
+        stack.callback(attn.register_forward_pre_hook(pre, with_kwargs=True).remove)
+        stack.callback(attn.k_proj.register_forward_hook(project).remove)
+        stack.callback(attn.v_proj.register_forward_hook(project).remove)
+        stack.callback(attn.register_forward_hook(lambda *_: plans.clear()).remove)
+
+    with ExitStack() as stack:
+        for b in blocks:
+            block_hooks(b, adapter.layers[b].self_attn, stack)
+        yield got
+    for c in counters.values():
+        c.check_done()

@@ -24,7 +24,7 @@ from modgap.corpus.audio import AudioError
 from modgap.corpus.items import Item
 from modgap.corpus.table import Row
 from modgap.models.base import Inputs, Prefill, SpeechLM
-from modgap.models.hooks import RowEdit, edit_rows, record_rows
+from modgap.models.hooks import Planner, RowEdit, edit_rows, merge_kv, record_rows
 from modgap.states.readouts import Readout, Seen
 
 CONDITIONS = ("S", "T")
@@ -37,6 +37,16 @@ class Edit:
 
     layer: int
     rows: dict[int, RowEdit]
+
+
+@dataclass
+class Merge:
+    """KV token merging in decoder `blocks` over each prompt's span (see `modgap.models.hooks.merge_kv`); `links`
+    is filled by the forward: {(prompt, block): links [n - 1]}."""
+
+    blocks: list[int]
+    planner: Planner
+    links: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,12 +118,16 @@ def forward(
     span_layers: Sequence[int] = (),
     decision: bool = False,
     edit: Edit | None = None,
+    merge: Merge | None = None,
 ) -> Forward:
-    """One `prefill_batch` of `inputs` (one condition), recording what is asked, under `edit` if given."""
+    """One `prefill_batch` of `inputs` (one condition), recording what is asked, under `edit` and `merge` if given."""
     last = [torch.tensor([int(x.model_inputs["input_ids"].shape[1]) - 1]) for x in inputs]
     with ExitStack() as stack:
         if edit is not None:
             stack.enter_context(edit_rows(adapter, edit.layer, inputs, edit.rows))
+        if merge is not None:
+            merge.links = stack.enter_context(merge_kv(adapter, merge.blocks, inputs, [x.span for x in inputs],
+                                                       merge.planner))
         span = (stack.enter_context(record_rows(adapter, list(span_layers), inputs, [x.span for x in inputs]))
                 if span_layers else None)
         at_decision = (stack.enter_context(record_rows(adapter, list(range(adapter.n_layers + 1)), inputs, last))

@@ -155,11 +155,11 @@ def logistic_findings(logistic: pd.DataFrame) -> list[dict]:
 
 
 def edit_findings(controls: pd.DataFrame) -> list[dict]:
-    """P1's edits against their controls, per checkpoint and edit condition: the path run minus the same number of
-    edits at random positions, on the same items (paired interval, exact McNemar p); the random, evenly spaced and
-    other-item runs' own deltas go in the control text.
+    """P1's edits (and P2's KV merges) against their controls, per checkpoint and edit condition: the path run minus
+    the same number of edits (merges) at random positions (adjacent pairs), on the same items (paired interval,
+    exact McNemar p); the random, evenly spaced and other-item runs' own deltas go in the control text.
 
-    controls: the interventions stage's controls.csv (model, condition, n_items, path_delta, random_delta,
+    controls: the interventions stage's controls.csv (model, condition, op, n_items, path_delta, random_delta,
     even_delta, other_item_delta, effect, effect_ci_lo, effect_ci_hi, effect_mcnemar_p)."""
     rows = []
     for r in controls.itertuples():
@@ -167,7 +167,9 @@ def edit_findings(controls: pd.DataFrame) -> list[dict]:
                                                                                     "other_item")
                            if np.isfinite(getattr(r, f"{name}_delta", np.nan)))
         rows.append({
-            "claim": f"{r.condition}: editing the alignment path's positions beats editing random positions",
+            "claim": f"{r.condition}: " + ("merging similar adjacent speech keys beats merging as many random pairs"
+                                            if r.op == "kv_merge" else
+                                            "editing the alignment path's positions beats editing random positions"),
             "model": r.model, "statistic": "accuracy points, path minus random (paired)", "value": r.effect,
             "ci_lo": r.effect_ci_lo, "ci_hi": r.effect_ci_hi, "n_items": r.n_items, "n_checkpoints": 1,
             "control": f"deltas vs unedited speech: {deltas}; McNemar p = {r.effect_mcnemar_p:.3g}",
