@@ -121,3 +121,20 @@ def test_driver_on_tiny_stores(tmp_path):
     assert (written.n_items[written.subset == "all"] == N - 1).all()
     assert (written.n_items[written.subset == "text_right_speech_wrong"] == N // 4).all()
     assert (written.accuracy[(written.layer == 1) & (written.subset == "all")] >= 0.99).all()
+
+
+def test_figure_draws_each_condition_and_its_control():
+    """Two models: a 2 x 2 grid, each panel with 3 accuracy and 3 dashed control lines over the table's layers; an
+    empty table (an open task) draws a note instead."""
+    from modgap.plots import probe_curves
+
+    grid = pd.MultiIndex.from_product([["m1", "m2"], range(3), list(CONDITIONS), PROBES, ["all"]],
+                                      names=["model", "layer", "condition", "probe", "subset"]).to_frame(index=False)
+    fig = probe_curves(grid.assign(accuracy=0.9, control_accuracy=0.5))
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert len(panels) == 4
+    for ax in panels:
+        assert sorted(line.get_linestyle() for line in ax.lines) == ["-"] * 3 + ["--"] * 3
+        assert all(list(line.get_xdata()) == [0, 1, 2] for line in ax.lines)
+        assert {float(line.get_ydata()[0]) for line in ax.lines} == {0.9, 0.5}
+    assert not probe_curves(grid.iloc[:0].assign(accuracy=[], control_accuracy=[])).axes
