@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 import tiny_models as tiny
 from test_interventions import corpus_table
