@@ -71,6 +71,9 @@ def validate_config(config: dict, root: str | Path = ".") -> dict:
     for suite, names in cfg["suites"].items():
         if missing := [n for n in names if n not in run]:
             raise ConfigError(f"config key suites.{suite}: {missing} not among the datasets the states stage runs")
+    if cfg["probes"]["enabled"] and "decision" not in cfg["states"]["readouts"]:
+        raise ConfigError("config key probes.enabled: the probes read the decision readout; "
+                          "add decision to states.readouts")
     return cfg
 
 

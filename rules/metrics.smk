@@ -49,3 +49,25 @@ rule metrics_heatmaps:
         "../envs/modgap.yaml"
     script:
         "../scripts/metrics_heatmaps.py"
+
+
+rule probes:
+    input:
+        stores=shard_stores,
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
+    output:
+        f"{METRICS}/probes.csv",
+    params:
+        options=config["probes"],
+    threads: 1
+    resources:
+        mem_mb=8000,  # the decision states of every item: 4 (L+1) d bytes per item and condition
+        runtime=240,
+    log:
+        f"{LOGS}/probes/{{model}}/{{dataset}}/{{voice}}.log",
+    benchmark:
+        f"{BENCH}/probes/{{model}}/{{dataset}}/{{voice}}.tsv"
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/probes.py"

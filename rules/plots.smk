@@ -93,3 +93,13 @@ use rule plot_accuracy as plot_interventions with:
         redundancy=figure(f"{FIGURES}/redundancy", "fig_redundancy", "Interventions"),
     log:
         f"{LOGS}/plots/interventions/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_probes with:
+    input:
+        expand(f"{METRICS}/probes.csv", model=MODELS, allow_missing=True),
+    output:
+        all=figure(f"{FIGURES}/probes", "fig_probes", "Decision dynamics"),
+        flipped=figure(f"{FIGURES}/probes_flipped", "fig_probes", "Decision dynamics"),
+    log:
+        f"{LOGS}/plots/probes/{{dataset}}/{{voice}}.log",

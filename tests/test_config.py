@@ -38,6 +38,8 @@ def test_defaults_are_filled_and_input_untouched():
         ({"datasets": LAB, "states": {"decoding": {"max_new_tokens": 0}}}, "states.decoding.max_new_tokens"),
         ({"datasets": LAB, "suites": {"vb": ["lab", "sd-qa"]}}, "suites.vb"),
         ({"datasets": LAB, "suites": {"vb": []}}, "suites.vb"),
+        ({"datasets": LAB, "probes": {"enabled": True}}, "probes.enabled"),  # without the decision readout
+        ({"datasets": LAB, "probes": {"folds": 1}}, "probes.folds"),
     ],
 )
 def test_bad_config_names_the_key(config, key, tmp_path):

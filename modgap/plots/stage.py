@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
                edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
-               redundancy_curve, save, similarity_heatmap)
+               probe_curves, redundancy_curve, save, similarity_heatmap)
 
 FORMATS = ("png", "pdf")
 
@@ -39,6 +39,14 @@ def plot_metrics(tables: Mapping[str, str | Path], out: Mapping[str, str | Path]
     _save(path_stats(items, first_layer=first_layer, n_boot=boot, seed=seed, style=style), out["paths"])
     for key, metric in (("items_cos", "cos"), ("items_aps", "aps_cos")):
         _save(item_distributions(items, metric, first_layer=first_layer, seed=seed, style=style), out[key])
+
+
+def plot_probes(tables: Sequence[str | Path], out: Mapping[str, str | Path], style: dict) -> None:
+    """Probe accuracy per layer on all items (`out` key all) and on the items text gets right and speech gets wrong
+    (key flipped), from every model's probes table."""
+    table = pd.concat([pd.read_csv(p) for p in tables], ignore_index=True)
+    _save(probe_curves(table, "all", style=style), out["all"])
+    _save(probe_curves(table, "text_right_speech_wrong", style=style), out["flipped"])
 
 
 def plot_gap(points_csv: str | Path, fits_csv: str | Path, decomposition_csv: str | Path,

@@ -72,6 +72,12 @@ def disk_factor(dtype: str = "float16", bitround_bits: int | None = None) -> flo
     return (1 + _EXP_BITS[dtype] + bitround_bits) / (8 * np.dtype(DTYPES[dtype][0]).itemsize)
 
 
+def readout_chunk(shape: Sequence[int]) -> int:
+    """Items per chunk of a float32 readout field of per-item `shape`: ITEM_CHUNK, fewer when that would exceed
+    CHUNK_BYTES (a [L+1, d] decision state is 0.5 MB per item: 4 items per chunk, not 2 GB of 4096)."""
+    return int(max(1, min(ITEM_CHUNK, CHUNK_BYTES // (4 * int(np.prod(shape))))))
+
+
 def estimate_bytes(n_items: int, mean_positions_s: float, mean_positions_t: float, layers: int | Sequence[int],
                    d: int, dtype: str = "float16", bitround_bits: int | None = None) -> int:
     """Bytes on disk of one store: hidden states of S and T plus 20 bytes of metadata per position."""
@@ -218,7 +224,7 @@ class StoreWriter:
                       f"{c}/score": ((0,), (ITEM_CHUNK,), np.float32, np.nan),
                       **{f"{c}/{f}": ((0,), (ITEM_CHUNK,), str, "") for f in TEXT_FIELDS},
                       f"{c}/loglik": ((0, k), (ITEM_CHUNK, k), np.float32, np.nan),
-                      **{f"{c}/readouts/{f}": ((0, *shape), (ITEM_CHUNK, *shape), np.float32, np.nan)
+                      **{f"{c}/readouts/{f}": ((0, *shape), (readout_chunk(shape), *shape), np.float32, np.nan)
                          for f, shape in self.setup["readouts"].items()}}
         self._group = g = zarr.open_group(self.partial, mode="w",
                                           attributes={**self.setup, "n_done": 0, "complete": False})

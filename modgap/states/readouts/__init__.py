@@ -90,3 +90,4 @@ def field_shapes(readouts: list[Readout], adapter: SpeechLM) -> dict[str, tuple[
 
 
 from modgap.states.readouts import lens  # noqa: E402,F401  (registration)
+from modgap.states.readouts import decision  # noqa: E402,F401  (registration)
