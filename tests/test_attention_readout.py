@@ -15,6 +15,7 @@ from conftest import defaults
 from modgap.corpus.items import Item
 from modgap.corpus.lab_world import generate_lab
 from modgap.corpus.table import read_rows
+from modgap.metrics.stage import layer_readouts
 from modgap.models import load_adapter
 from modgap.states.options import StatesOptions
 from modgap.states.readouts import Seen
@@ -97,3 +98,6 @@ def test_stored_fields(tmp_path, tok):
         assert np.isnan(cov[:, 0]).all() and np.isfinite(cov[:, 1:]).all() and (n > 1).all()
         np.testing.assert_allclose(frac[:, 1:], cov[:, 1:] / n[:, None], rtol=1e-6)
         assert ((cov[:, 1:] >= 1) & (cov[:, 1:] <= n[:, None])).all()
+    columns = layer_readouts(store, store.layers)  # the metrics stage's item columns, per layer
+    assert columns["attn_max_T"].shape == columns["attn_span_len_T"].shape == (len(rows), len(store.layers))
+    assert (columns["attn_span_len_S"] == store.readout("S", "attn_span_len")[:, None]).all()
