@@ -19,7 +19,8 @@ from modgap.metrics.stage import layer_readouts
 from modgap.models import load_adapter
 from modgap.states.options import StatesOptions
 from modgap.states.readouts import Seen
-from modgap.states.readouts.attention import AttentionDispersion, dispersion, span_dispersion
+from modgap.states.readouts.attention import (AttentionDispersion, dispersion, span_dispersion,
+                                                 uniform_dispersion)
 from modgap.states.spine import forward
 from modgap.states.stage import dump_states
 from modgap.states.store import StoreReader
@@ -42,6 +43,9 @@ def test_uniform_row_is_the_analytic_baseline(n):
     d = dispersion(torch.full((n,), 0.01))
     assert d["cov"].item() == math.ceil(0.9 * n) and d["max"].item() == pytest.approx(1 / n)
     assert math.isnan(d["entropy"]) if n == 1 else d["entropy"].item() == pytest.approx(1.0)
+    control = uniform_dispersion(np.array([n]))
+    for key, value in d.items():
+        np.testing.assert_allclose(control[key], [value.item()], rtol=1e-12, err_msg=key)
 
 
 def test_coverage_of_a_planted_row_and_head_mean():

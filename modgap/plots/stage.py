@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
+from . import (accuracy_bars, attention_dispersion, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
                edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
                redundancy_curve, save, similarity_heatmap)
 
@@ -39,6 +39,12 @@ def plot_metrics(tables: Mapping[str, str | Path], out: Mapping[str, str | Path]
     _save(path_stats(items, first_layer=first_layer, n_boot=boot, seed=seed, style=style), out["paths"])
     for key, metric in (("items_cos", "cos"), ("items_aps", "aps_cos")):
         _save(item_distributions(items, metric, first_layer=first_layer, seed=seed, style=style), out[key])
+
+
+def plot_attention(tables: Mapping[str, str | Path], out: str | Path, options: dict) -> None:
+    """The decision position's attention dispersion per layer, S vs T (the states readout `attention`)."""
+    _save(attention_dispersion(metric_items(tables), n_boot=options["bootstrap"], seed=options["seed"],
+                               style=options["style"]), out)
 
 
 def plot_gap(points_csv: str | Path, fits_csv: str | Path, decomposition_csv: str | Path,

@@ -39,6 +39,14 @@ def dispersion(weights: torch.Tensor, p: float = COVERAGE) -> dict[str, torch.Te
     return {"cov": cov, "cov_frac": cov / n, "max": a.max(-1).values, "entropy": entropy}
 
 
+def uniform_dispersion(n: np.ndarray, p: float = COVERAGE) -> dict[str, np.ndarray]:
+    """The control: `dispersion` of a uniform row over spans of n positions ([...] -> each summary [...]), in
+    closed form: cov = ceil(p n), cov_frac = cov / n, max = 1 / n, entropy = 1 (NaN for n = 1)."""
+    n = np.asarray(n, float)
+    cov = np.ceil(p * n - ROUNDING)
+    return {"cov": cov, "cov_frac": cov / n, "max": 1 / n, "entropy": np.where(n > 1, 1.0, np.nan)}
+
+
 def span_dispersion(rows: torch.Tensor, span: torch.Tensor) -> dict[str, torch.Tensor]:
     """Decision rows [L, heads, T] of one prompt and its span [n] -> each summary's head mean [L] (float64)."""
     return {k: v.mean(-1) for k, v in dispersion(rows[:, :, span.to(rows.device)]).items()}
