@@ -146,6 +146,7 @@ def figure_targets():
                      "edit_layers", "calibration", "redundancy"]
     ]
     per_voice += [f"{FIGURES}/{name}.png" for name in ("probes", "probes_flipped") if config["probes"]["enabled"]]
+    per_voice += [f"{FIGURES}/attention.png"] if "attention" in config["states"]["readouts"] else []
     per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]
     per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()
                   for stem in heatmap_stems(heatmap_count(), HEATMAP["layers"])]

@@ -45,6 +45,18 @@ use rule plot_accuracy as plot_metrics with:
         f"{LOGS}/plots/metrics/{{dataset}}/{{voice}}.log",
 
 
+use rule plot_accuracy as plot_attention with:
+    input:
+        expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
+    output:
+        figure(f"{FIGURES}/attention", "fig_attention", "Decision"),
+    params:
+        models=list(MODELS),
+        options=config["plots"],
+    log:
+        f"{LOGS}/plots/attention/{{dataset}}/{{voice}}.log",
+
+
 use rule plot_accuracy as plot_gap with:
     input:
         points=f"{STATS}/points.csv",

@@ -18,6 +18,8 @@ with logged(snakemake.log[0]):
             stage.plot_metrics(dict(zip(p.models, i)), stems, p.options, p.first_layer)
         case "plot_probes":
             stage.plot_probes(list(i), stems, p.style)
+        case "plot_attention":
+            stage.plot_attention(dict(zip(p.models, i)), stem(o), p.options)
         case "plot_gap":
             stage.plot_gap(i.points, i.fits, i.decomposition, stems, p.style)
         case "plot_cka":

@@ -87,12 +87,16 @@ def analysed_layers(reader: StoreReader, last_layer: str) -> list[int]:
 
 
 def layer_readouts(reader: StoreReader, layers: list[int]) -> dict[str, np.ndarray]:
-    """`{field}_{cond}` -> [items, len(layers)] for every readout field stored per layer (shape [L+1])."""
+    """`{field}_{cond}` -> [items, len(layers)] for every readout field stored per layer (shape [L+1]) or per item
+    (shape [], repeated over the layers, e.g. the span length of a readout's baseline)."""
     out = {}
     for field, shape in reader.readout_fields.items():
         if len(shape) == 1 and shape[0] > max(reader.layers):
             for c in reader.conds:
                 out[f"{field}_{c}"] = reader.readout(c, field)[:, layers]
+        elif shape == ():
+            for c in reader.conds:
+                out[f"{field}_{c}"] = np.repeat(reader.readout(c, field)[:, None], len(layers), 1)
     return out
 
 

@@ -1,6 +1,7 @@
 """The package's only hook utility, in the spirit of baukit's nethook: read or replace hidden state `layer` of a
 `SpeechLM` during a forward, at given rows and positions of a (left-padded) batch, with every handle removed on
-exit (one `contextlib.ExitStack` per context, also on exceptions).
+exit (one `contextlib.ExitStack` per context, also on exceptions); `record_attention` also sees what each block's
+self-attention receives.
 
 Hidden state `layer` is the hook point of `SpeechLM.hook_module`: layer 0 the merged input embeddings (a forward
 pre-hook on block 1), layer l the output of decoder block l (for l = L before the final norm, unlike the last of
@@ -225,3 +226,38 @@ def merge_kv(adapter: SpeechLM, blocks: list[int], inputs: list[Inputs], spans: 
         yield got
     for c in counters.values():
         c.check_done()
+
+
+AttentionFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def record_attention(adapter: SpeechLM, inputs: list[Inputs], fn: AttentionFn) -> Iterator[list[torch.Tensor]]:
+    """At every decoder block's self-attention (`layers[l - 1].self_attn`, a forward pre-hook), during a forward of
+    `inputs`: `fn(module, hidden [T_g, d], cos [T_g, hd], sin [T_g, hd])` on each prompt's own rows, its padding cut
+    off, where hidden is the module's input and (cos, sin) its `position_embeddings`.
+
+    Yields a list that is filled on exit: per prompt the results of blocks 1..L stacked ([L, ...], on the adapter's
+    device). Nothing is modified.
+    """
+    blocks = range(1, adapter.n_layers + 1)
+    counters = {l: _RowCounter(prompt_lengths(inputs)) for l in blocks}
+    got: dict[int, dict[int, torch.Tensor]] = {l: {} for l in blocks}
+
+    def recorder(l: int) -> Callable[[nn.Module, tuple, dict], None]:
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            cos, sin = kwargs["position_embeddings"]
+            for r, g, pad in counters[l].rows(h):
+                got[l][g] = fn(module, h[r, pad:], cos[r, pad:], sin[r, pad:]).to(adapter.device)
+        return pre
+
+    result: list[torch.Tensor] = []
+    with ExitStack() as stack:
+        for l in blocks:
+            attn = adapter.layers[l - 1].self_attn
+            stack.callback(attn.register_forward_pre_hook(recorder(l), with_kwargs=True).remove)
+        yield result
+    for c in counters.values():
+        c.check_done()
+    result.extend(torch.stack([got[l][g] for l in blocks]) for g in range(len(inputs)))

@@ -4,6 +4,7 @@ Every figure function takes a `style` dict of rcParams (applied over `style.BASE
 files, and returns a pyplot-free `Figure`; `save(fig, paths)` writes it (PNG, PDF) atomically.
 """
 from .accuracy import accuracy_bars
+from .attention import attention_dispersion
 from .alignment import path_stats, similarity_heatmap
 from .cka import cka_heatmap, cka_small_multiples
 from .gap import decomposition_lines, gap_scatter, item_distributions
@@ -12,6 +13,6 @@ from .layers import bootstrap_band, layer_curves
 from .probes import probe_curves
 from .style import save
 
-__all__ = ["accuracy_bars", "bootstrap_band", "calibration_bars", "cka_heatmap", "cka_small_multiples",
+__all__ = ["accuracy_bars", "attention_dispersion", "bootstrap_band", "calibration_bars", "cka_heatmap", "cka_small_multiples",
            "decomposition_lines", "edit_layer_curves", "gap_scatter", "intervention_bars", "item_distributions",
            "layer_curves", "path_stats", "probe_curves", "redundancy_curve", "save", "similarity_heatmap"]

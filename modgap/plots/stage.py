@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
+from . import (accuracy_bars, attention_dispersion, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
                edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
                probe_curves, redundancy_curve, save, similarity_heatmap)
 
@@ -47,6 +47,12 @@ def plot_probes(tables: Sequence[str | Path], out: Mapping[str, str | Path], sty
     table = pd.concat([pd.read_csv(p) for p in tables], ignore_index=True)
     _save(probe_curves(table, "all", style=style), out["all"])
     _save(probe_curves(table, "text_right_speech_wrong", style=style), out["flipped"])
+
+
+def plot_attention(tables: Mapping[str, str | Path], out: str | Path, options: dict) -> None:
+    """The decision position's attention dispersion per layer, S vs T (the states readout `attention`)."""
+    _save(attention_dispersion(metric_items(tables), n_boot=options["bootstrap"], seed=options["seed"],
+                               style=options["style"]), out)
 
 
 def plot_gap(points_csv: str | Path, fits_csv: str | Path, decomposition_csv: str | Path,

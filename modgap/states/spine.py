@@ -24,7 +24,8 @@ from modgap.corpus.audio import AudioError
 from modgap.corpus.items import Item
 from modgap.corpus.table import Row
 from modgap.models.base import Inputs, Prefill, SpeechLM
-from modgap.models.hooks import Planner, RowEdit, edit_rows, merge_kv, record_rows
+from modgap.models.attention import last_query_attention
+from modgap.models.hooks import Planner, RowEdit, edit_rows, merge_kv, record_attention, record_rows
 from modgap.states.readouts import Readout, Seen
 
 CONDITIONS = ("S", "T")
@@ -55,13 +56,15 @@ class Forward:
 
     prefills: one per prompt (with span states [L+1, n, d] of `output_hidden_states` when `hidden`); span: per
     prompt [len(span_layers), n, d] hook-point states over the span (None when none were asked); decision:
-    [B, L+1, d] hook-point states at each prompt's last position (the decision position) when asked.
+    [B, L+1, d] hook-point states at each prompt's last position (the decision position) when asked; attention: per
+    prompt [L, heads, T_g] the decision position's attention weights over its prompt in blocks 1..L, when asked.
     """
 
     inputs: list[Inputs]
     prefills: list[Prefill]
     span: list[torch.Tensor | None]
     decision: torch.Tensor | None = None
+    attention: list[torch.Tensor] | None = None
 
 
 def speech_inputs(adapter: SpeechLM, row: Row, style: str) -> Inputs:
@@ -117,6 +120,7 @@ def forward(
     hidden: bool = False,
     span_layers: Sequence[int] = (),
     decision: bool = False,
+    attention: bool = False,
     edit: Edit | None = None,
     merge: Merge | None = None,
 ) -> Forward:
@@ -132,10 +136,11 @@ def forward(
                 if span_layers else None)
         at_decision = (stack.enter_context(record_rows(adapter, list(range(adapter.n_layers + 1)), inputs, last))
                        if decision else None)
+        rows = stack.enter_context(record_attention(adapter, inputs, last_query_attention)) if attention else None
         prefills = adapter.prefill_batch(inputs, hidden=hidden)
     return Forward(
         inputs, prefills, span if span is not None else [None] * len(inputs),
-        None if at_decision is None else torch.stack([h[:, 0] for h in at_decision]),
+        None if at_decision is None else torch.stack([h[:, 0] for h in at_decision]), rows,
     )
 
 
@@ -186,9 +191,9 @@ def run(
             batch = Batch(kept, {}, skipped=skipped)
             for c in conditions if kept else ():
                 fwd = forward(adapter, inputs[c], hidden=hidden, span_layers=span_layers,
-                              decision="decision_states" in needs)
+                              decision="decision_states" in needs, attention="attention_rows" in needs)
                 batch.forwards[c] = fwd
-                seen = Seen(adapter, c, style, batch.items, fwd.inputs, fwd.prefills, fwd.decision)
+                seen = Seen(adapter, c, style, batch.items, fwd.inputs, fwd.prefills, fwd.decision, fwd.attention)
                 batch.readouts[c] = {k: v for r in readouts for k, v in r(seen).items()}
                 batch.responses[c] = [adapter.generate(x, **decoding) if respond is not None and respond(it) else None
                                       for x, it in zip(fwd.inputs, batch.items)]

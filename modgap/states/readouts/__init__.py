@@ -1,7 +1,8 @@
 """Readouts: pure functions of what one forward saw, computed in the states pass and stored per item.
 
 A readout says what it `needs` from the forward ("decision_states": the hook-point state of every layer at the
-decision position, the prompt's last; "span_states": `output_hidden_states` over the question span), which per-item
+decision position, the prompt's last; "span_states": `output_hidden_states` over the question span; "attention_rows":
+the decision position's attention weights in every block, `modgap.models.attention`), which per-item
 `fields` it returns and their shapes, and computes them from a `Seen`. The spine (`modgap.states.spine.run`) runs
 the model once per condition and batch and calls every enabled readout; the states stage writes their fields into the
 store (`{cond}/readouts/{field}`); the metrics stage turns per-layer fields into item-metric columns
@@ -21,7 +22,7 @@ import torch
 from modgap.corpus.items import Item
 from modgap.models.base import Inputs, Prefill, SpeechLM
 
-NEEDS = ("decision_states", "span_states")
+NEEDS = ("decision_states", "span_states", "attention_rows")
 
 
 @dataclass
@@ -29,7 +30,8 @@ class Seen:
     """What one forward of one condition saw, for B prompts.
 
     decision: [B, L+1, d] hook-point states at the decision position (None unless a readout needs them); the
-    prefills carry span states [L+1, n, d] when the forward kept `output_hidden_states`.
+    prefills carry span states [L+1, n, d] when the forward kept `output_hidden_states`; attention: per prompt
+    [L, heads, T_g] the decision position's attention over its own prompt in blocks 1..L (None unless needed).
     """
 
     adapter: SpeechLM
@@ -39,6 +41,7 @@ class Seen:
     inputs: list[Inputs]
     prefills: list[Prefill]
     decision: torch.Tensor | None
+    attention: list[torch.Tensor] | None = None
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """The model's readout head on hook-point states: [..., d] -> [..., V] float32 logits."""
@@ -89,5 +92,4 @@ def field_shapes(readouts: list[Readout], adapter: SpeechLM) -> dict[str, tuple[
     return shapes
 
 
-from modgap.states.readouts import lens  # noqa: E402,F401  (registration)
-from modgap.states.readouts import decision  # noqa: E402,F401  (registration)
+from modgap.states.readouts import attention, decision, lens  # noqa: E402,F401  (registration)
