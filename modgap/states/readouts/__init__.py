@@ -89,4 +89,4 @@ def field_shapes(readouts: list[Readout], adapter: SpeechLM) -> dict[str, tuple[
     return shapes
 
 
-from modgap.states.readouts import lens  # noqa: E402,F401  (registration)
+from modgap.states.readouts import lens, transcript  # noqa: E402,F401  (registration)
