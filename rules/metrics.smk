@@ -49,3 +49,23 @@ rule metrics_heatmaps:
         "../envs/modgap.yaml"
     script:
         "../scripts/metrics_heatmaps.py"
+
+
+rule lens_strata:
+    input:
+        item_metrics=f"{METRICS}/items.parquet",
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
+    output:
+        f"{METRICS}/lens_strata.csv",
+    params:
+        seed=config["metrics"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/lens_strata/{{model}}/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/lens_strata.py"

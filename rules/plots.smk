@@ -93,3 +93,15 @@ use rule plot_accuracy as plot_interventions with:
         redundancy=figure(f"{FIGURES}/redundancy", "fig_redundancy", "Interventions"),
     log:
         f"{LOGS}/plots/interventions/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_lens_strata with:
+    input:
+        expand(f"{METRICS}/lens_strata.csv", model=MODELS, allow_missing=True),
+    output:
+        figure(f"{FIGURES}/lens_strata", "fig_lens_strata", "Decision dynamics"),
+    params:
+        models=list(MODELS),
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/lens_strata/{{dataset}}/{{voice}}.log",

@@ -161,4 +161,5 @@ def test_released_checkpoint_study_plans_no_lab_rule(tmp_path):
                             "models": {"mine": {"family": "qwen2_audio", "path": str(tmp_path / "checkpoint")}}})
     jobs = planned_jobs(tmp_path)
     assert jobs["states_dump"] == 1 and jobs["findings"] == 1 and jobs["all"] == 1
+    assert jobs["lens_strata"] == 1 and jobs["plot_lens_strata"] == 1  # the lens readout is on by default
     assert not [rule for rule in jobs if rule.startswith("lab_")]

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
-               edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
+               edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves,
+               lens_strata_curves, path_stats,
                redundancy_curve, save, similarity_heatmap)
 
 FORMATS = ("png", "pdf")
@@ -84,3 +85,8 @@ def plot_interventions(conditions_csv: str | Path, redundancy_csv: str | Path, o
     _save(edit_layer_curves(conditions, style=style), out["edit_layers"])
     _save(calibration_bars(conditions, style=style), out["calibration"])
     _save(redundancy_curve(redundancy.assign(accuracy=redundancy["accuracy"] / 100), style=style), out["redundancy"])
+
+
+def plot_lens_strata(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:
+    """Lens margin and entropy by outcome stratum, one row per model (`tables`: model -> lens_strata.csv)."""
+    _save(lens_strata_curves({m: pd.read_csv(p) for m, p in tables.items()}, style=style), out)
