@@ -81,7 +81,8 @@ def states_tables():
 
 def metrics_summaries():
     return [
-        f"{METRICS}/summary.json".format(model=m, dataset=d, voice=v)
+        f"{METRICS}/{name}".format(model=m, dataset=d, voice=v)
+        for name in ["summary.json"] + ["transcript.csv"] * ("transcript" in config["states"]["readouts"])
         for m in MODELS
         for d in states_datasets()
         for v in voices(d, "test")

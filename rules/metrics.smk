@@ -69,3 +69,23 @@ rule lens_strata:
         "../envs/modgap.yaml"
     script:
         "../scripts/lens_strata.py"
+
+
+
+rule transcript_layers:
+    input:
+        f"{METRICS}/items.parquet",
+    output:
+        f"{METRICS}/transcript.csv",
+    params:
+        options=config["metrics"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/transcript_layers/{{model}}/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/transcript_layers.py"

@@ -103,8 +103,3 @@ class Transcript(Readout):
         out |= dict(zip((f"transcript_wrong_top{k}" for k in TOP_K), control))
         return out | {"transcript_n_words": np.float32(len(torch.unique(word_of)))}
 
-
-def emergence_layer(top10: np.ndarray, level: float) -> np.ndarray:
-    """[..., L+1] top-10 fractions -> [...] the first layer where the fraction reaches `level` (NaN if never)."""
-    reached = np.asarray(top10) >= level
-    return np.where(reached.any(-1), reached.argmax(-1), np.nan)
