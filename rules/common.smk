@@ -144,7 +144,7 @@ def figure_targets():
     per_voice = [
         f"{FIGURES}/{name}.png"
         for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "decomposition", "edits",
-                     "edit_layers", "calibration", "redundancy"]
+                     "edit_layers", "calibration", "redundancy", "redundancy_entropy"]
     ] + [f"{FIGURES}/lens_strata.png"] * ("lens" in config["states"]["readouts"])
     per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]
     per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()

@@ -105,3 +105,12 @@ use rule plot_accuracy as plot_lens_strata with:
         style=PLOT_STYLE,
     log:
         f"{LOGS}/plots/lens_strata/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_redundancy_lens with:
+    input:
+        f"{INTERVENTIONS}/redundancy_lens.csv",
+    output:
+        figure(f"{FIGURES}/redundancy_entropy", "fig_redundancy_entropy", "Interventions"),
+    log:
+        f"{LOGS}/plots/redundancy_lens/{{dataset}}/{{voice}}.log",

@@ -57,3 +57,14 @@ def test_figure_draws_every_stratum_and_its_control():
                     for l in ("outcome", "shuffled")}
     both = next(line for line in panels[0].get_lines() if line.get_gid() == "both-outcome")
     assert both.get_ydata().tolist() == [1.0, 2.0]  # margin_S of stratum "both" at layers 1, 2
+
+
+def test_redundancy_entropy_figure_draws_one_line_per_r():
+    from modgap.plots import redundancy_entropy_curves
+
+    lens = pd.DataFrame([{"model": m, "r": r, "layer": l, "lens_entropy": 0.1 * r + l, "lens_margin": 0.0}
+                         for m in ("a", "b") for r in (1, 2, 4, 8) for l in (0, 1, 2)])
+    fig = redundancy_entropy_curves(lens)
+    lines = {line.get_gid(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"r1", "r2", "r4", "r8"}
+    assert lines["r4"].get_ydata().tolist() == pytest.approx([0.4, 1.4, 2.4])

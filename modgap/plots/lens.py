@@ -1,5 +1,5 @@
-"""Logit-lens decision dynamics by outcome stratum (P2 Figs. 6 and 8): margin and entropy at the decision position
-vs layer, one line per stratum, S and T side by side, the shuffled-strata control dotted."""
+"""Logit-lens decision dynamics (P2 Figs. 6 and 8): margin and entropy at the decision position vs layer, by outcome
+stratum (S and T side by side, the shuffled-strata control dotted) and under text redundancy (one line per r)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .style import DOUBLE_COLUMN, SERIES_COLORS, figure_legend, new_figure, order_models, styled
+from .style import (DOUBLE_COLUMN, OKABE_ITO, SERIES_COLORS, figure_legend, new_figure, order_models, step_shades,
+                    styled)
 
 STRATUM_LABELS = {"both": "Both right", "text_only": "Text only", "speech_only": "Speech only", "neither": "Neither",
                   "all": "All"}
@@ -32,5 +33,26 @@ def lens_strata_curves(tables: Mapping[str, pd.DataFrame], style: Mapping | None
                                 label=label if labels == "outcome" else None, gid=f"{stratum}-{labels}")
                 ax.set_title(f"{model}: {title}" if len(models) > 1 else title)
                 ax.set_xlabel("Layer (0 = embeddings)")
+        figure_legend(fig)
+    return fig
+
+
+def redundancy_entropy_curves(lens: pd.DataFrame, style: Mapping | None = None) -> Figure:
+    """Mean normalised entropy at the decision position vs layer under text redundancy, one panel per model, one line
+    per repetition factor r (darker: larger r). lens: the interventions' redundancy_lens table (model, r, layer,
+    lens_entropy)."""
+    models = order_models(lens["model"].unique())
+    r_values = sorted(lens["r"].unique())
+    shades = dict(zip(r_values, step_shades(OKABE_ITO["blue"], len(r_values))))
+    with styled(style):
+        fig = new_figure(DOUBLE_COLUMN, 2.6)
+        axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+        for ax, model in zip(axes, models):
+            for r in r_values:
+                g = lens[(lens["model"] == model) & (lens["r"] == r)].sort_values("layer")
+                ax.plot(g["layer"], g["lens_entropy"], color=shades[r], label=f"r = {r}", gid=f"r{r}")
+            ax.set_title(model, loc="left")
+            ax.set_xlabel("Layer (0 = embeddings)")
+        axes[0].set_ylabel("Norm. entropy (text)")
         figure_legend(fig)
     return fig

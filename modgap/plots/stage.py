@@ -12,8 +12,8 @@ import pandas as pd
 
 from . import (accuracy_bars, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
                edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves,
-               lens_strata_curves, path_stats,
-               redundancy_curve, save, similarity_heatmap)
+               lens_strata_curves, path_stats, redundancy_curve, redundancy_entropy_curves, save,
+               similarity_heatmap)
 
 FORMATS = ("png", "pdf")
 
@@ -90,3 +90,8 @@ def plot_interventions(conditions_csv: str | Path, redundancy_csv: str | Path, o
 def plot_lens_strata(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:
     """Lens margin and entropy by outcome stratum, one row per model (`tables`: model -> lens_strata.csv)."""
     _save(lens_strata_curves({m: pd.read_csv(p) for m, p in tables.items()}, style=style), out)
+
+
+def plot_redundancy_lens(lens_csv: str | Path, out: str | Path, style: dict) -> None:
+    """Decision entropy vs layer under text redundancy (the interventions' redundancy_lens table)."""
+    _save(redundancy_entropy_curves(pd.read_csv(lens_csv), style=style), out)
