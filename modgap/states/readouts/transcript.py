@@ -7,14 +7,15 @@ after a space. At every span position inside the word's true span (`Inputs.words
 and every layer, the target's rank under the model's readout head is counted (rank 0 = argmax; ties rank in the
 target's favour); a word is in the top k at a layer when its best position there has rank < k. Fields, per layer:
 the fraction of the item's words (those owning at least one span position: `transcript_n_words`) in the top 1, 5
-and 10, and the control on the same positions for a WRONG word, the
-next word of the item (cyclically) whose first token differs (words without one leave the control). Layer L of the
-span states is `output_hidden_states`' last, taken after the final norm, so it gets the head without the norm again.
-Condition T, and S without word timings or words, store NaN.
+and 10, and the control on the same positions for a WRONG word: the next word of the item (cyclically) whose first
+token differs (words without one leave the control). Layer L of the span states is `output_hidden_states`' last,
+taken after the final norm, so it gets the head without the norm again. Condition T, and S without word timings or
+words, store NaN. Cost: one [rows, V] head call per layer and `CHUNK_ROWS` word positions.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,16 +28,17 @@ TOP_K = (1, 5, 10)
 CHUNK_ROWS = 256  # positions per head call: [rows, V] float32 logits at a time
 
 
-def target_ranks(logits_of, hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Rank of `targets` [m] at span `positions` [m] in every layer of `hidden` [L+1, n, d] -> [L+1, m] (0 = argmax),
-    computed `CHUNK_ROWS` positions at a time; `logits_of(layer, states [rows, d])` -> [rows, V]."""
-    out = torch.empty(hidden.shape[0], len(positions), dtype=torch.long)
+def target_ranks(logits_of: Callable[[int, torch.Tensor], torch.Tensor], hidden: torch.Tensor, positions: torch.Tensor,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """Rank of `targets` [m, t] (t token ids per position) at span `positions` [m] in every layer of `hidden`
+    [L+1, n, d] -> [L+1, m, t] (0 = argmax), `CHUNK_ROWS` positions at a time; `logits_of(layer, states [rows, d])`
+    -> [rows, V]."""
+    out = torch.empty(hidden.shape[0], *targets.shape, dtype=torch.long)
     for layer in range(hidden.shape[0]):
         for s in range(0, len(positions), CHUNK_ROWS):
-            pos, tgt = positions[s : s + CHUNK_ROWS], targets[s : s + CHUNK_ROWS]
-            logits = logits_of(layer, hidden[layer, pos])  # [rows, V]
-            at_target = logits.gather(1, tgt[:, None].to(logits.device))
-            out[layer, s : s + CHUNK_ROWS] = (logits > at_target).sum(1).cpu()
+            logits = logits_of(layer, hidden[layer, positions[s : s + CHUNK_ROWS]])  # [rows, V]
+            at_target = logits.gather(1, targets[s : s + CHUNK_ROWS].to(logits.device))  # [rows, t]
+            out[layer, s : s + CHUNK_ROWS] = (logits[:, None, :] > at_target[..., None]).sum(-1).cpu()
     return out
 
 
@@ -93,13 +95,12 @@ class Transcript(Readout):
                 return adapter.readout(h)
             return adapter.model.lm_head(h.to(adapter.device, adapter.model.dtype)).float() / adapter.logits_scaling
 
-        targets = torch.tensor([first[w] for w in word_of.tolist()])
-        out = dict(zip((f"transcript_top{k}" for k in TOP_K),
-                       word_topk(target_ranks(logits_of, hidden, positions, targets), word_of)))
-        keep = torch.tensor([wrong[w] >= 0 for w in word_of.tolist()], dtype=torch.bool)
-        control = (word_topk(target_ranks(logits_of, hidden, positions[keep],
-                                          torch.tensor([first[wrong[w]] for w in word_of[keep].tolist()])),
-                             word_of[keep]) if keep.any() else np.full((len(TOP_K), last + 1), math.nan))
+        keep = torch.tensor([wrong[w] >= 0 for w in word_of.tolist()], dtype=torch.bool)  # words with a control
+        targets = torch.tensor([[first[w], first[wrong[w]]] for w in word_of.tolist()])  # wrong[w] = -1: unused
+        ranks = target_ranks(logits_of, hidden, positions, targets)  # [L+1, m, 2]: true, wrong word
+        control = (word_topk(ranks[:, keep, 1], word_of[keep]) if keep.any()
+                   else np.full((len(TOP_K), last + 1), math.nan))
+        out = dict(zip((f"transcript_top{k}" for k in TOP_K), word_topk(ranks[..., 0], word_of)))
         out |= dict(zip((f"transcript_wrong_top{k}" for k in TOP_K), control))
         return out | {"transcript_n_words": np.float32(len(torch.unique(word_of)))}
 
