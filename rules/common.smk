@@ -81,7 +81,8 @@ def states_tables():
 
 def metrics_summaries():
     return [
-        f"{METRICS}/summary.json".format(model=m, dataset=d, voice=v)
+        f"{METRICS}/{name}".format(model=m, dataset=d, voice=v)
+        for name in ["summary.json"] + ["transcript.csv"] * ("transcript" in config["states"]["readouts"])
         for m in MODELS
         for d in states_datasets()
         for v in voices(d, "test")
@@ -143,8 +144,8 @@ def figure_targets():
     per_voice = [
         f"{FIGURES}/{name}.png"
         for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "decomposition", "edits",
-                     "edit_layers", "calibration", "redundancy"]
-    ]
+                     "edit_layers", "calibration", "redundancy", "redundancy_entropy"]
+    ] + [f"{FIGURES}/lens_strata.png"] * ("lens" in config["states"]["readouts"])
     per_voice += [f"{FIGURES}/{name}.png" for name in ("probes", "probes_flipped") if config["probes"]["enabled"]]
     per_voice += [f"{FIGURES}/attention.png"] if "attention" in config["states"]["readouts"] else []
     per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]

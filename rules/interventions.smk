@@ -2,7 +2,7 @@
 # controls), P2's calibration and text redundancy (forward passes with hooks, one job per shard), then one job
 # gathers the papers' tables and the path-minus-random effects per (dataset, voice).
 INTERVENTIONS = "results/interventions/{dataset}/{voice}"
-INTERVENTION_TABLES = ["conditions", "controls", "p1_table", "calibration", "redundancy"]
+INTERVENTION_TABLES = ["conditions", "controls", "p1_table", "calibration", "redundancy", "redundancy_lens"]
 
 
 rule interventions_shard:

@@ -71,3 +71,43 @@ rule probes:
         "../envs/modgap.yaml"
     script:
         "../scripts/probes.py"
+
+
+rule lens_strata:
+    input:
+        item_metrics=f"{METRICS}/items.parquet",
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
+    output:
+        f"{METRICS}/lens_strata.csv",
+    params:
+        seed=config["metrics"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/lens_strata/{{model}}/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/lens_strata.py"
+
+
+
+rule transcript_layers:
+    input:
+        f"{METRICS}/items.parquet",
+    output:
+        f"{METRICS}/transcript.csv",
+    params:
+        options=config["metrics"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/transcript_layers/{{model}}/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/transcript_layers.py"

@@ -115,3 +115,24 @@ use rule plot_accuracy as plot_probes with:
         flipped=figure(f"{FIGURES}/probes_flipped", "fig_probes", "Decision dynamics"),
     log:
         f"{LOGS}/plots/probes/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_lens_strata with:
+    input:
+        expand(f"{METRICS}/lens_strata.csv", model=MODELS, allow_missing=True),
+    output:
+        figure(f"{FIGURES}/lens_strata", "fig_lens_strata", "Decision dynamics"),
+    params:
+        models=list(MODELS),
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/lens_strata/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_redundancy_lens with:
+    input:
+        f"{INTERVENTIONS}/redundancy_lens.csv",
+    output:
+        figure(f"{FIGURES}/redundancy_entropy", "fig_redundancy_entropy", "Interventions"),
+    log:
+        f"{LOGS}/plots/redundancy_lens/{{dataset}}/{{voice}}.log",

@@ -3,6 +3,7 @@ tiny random Qwen2-Audio (and Granite, whose audio runs one prompt per forward) w
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,7 +37,7 @@ from modgap.interventions.ops import angle_projection, length_normalization, mom
 from modgap.interventions.options import InterventionsOptions
 from modgap.interventions.redundancy import redundant_item, repeat_words
 from modgap.interventions.report import (
-    mcnemar_exact, p1_table, p2_calibration_table, paired_ci, redundancy_table, summarize,
+    mcnemar_exact, p1_table, p2_calibration_table, paired_ci, redundancy_lens_table, redundancy_table, summarize,
 )
 from modgap.models import load_adapter
 from modgap.models.hooks import RowEdit, edit_rows, record_rows
@@ -369,6 +370,26 @@ def test_redundancy_r1_reproduces_baseline_text_exactly(table):
     assert not all(a == b for a, b in zip(r2["loglik"], r2["baseline_loglik"]))
 
 
+def test_redundancy_rows_record_the_decision_lens_for_each_r(setup, table):
+    """Every redundancy row carries [L+1] lens margin and entropy; at layer L the entropy is that of the repeated
+    prompt's own next-token distribution (an independent prefill); other rows carry none."""
+    adapter, rows, _ = setup
+    red = table[table["condition"] == "redundancy"]
+    assert sorted(red["r"].unique()) == [1, 2] and table.loc[table["condition"] != "redundancy", "lens_entropy"].isna().all()
+    for _, row in red.iterrows():
+        assert len(row["lens_margin"]) == len(row["lens_entropy"]) == adapter.n_layers + 1
+        item = redundant_item(next(r.item for r in rows if r.id == row["id"]), int(row["r"]))
+        logp = adapter.prefill(adapter.text_inputs(item, STYLE)).logprobs
+        h = float(-(logp.exp() * logp).sum() / math.log(len(logp)))
+        assert row["lens_entropy"][-1] == pytest.approx(h, abs=1e-4)
+    lens = redundancy_lens_table({"m": table})
+    assert lens.groupby("r").size().to_dict() == {1: adapter.n_layers + 1, 2: adapter.n_layers + 1}
+    mean_last = red.groupby("r")["lens_entropy"].apply(lambda v: np.mean([x[-1] for x in v]))
+    last = lens[lens["layer"] == adapter.n_layers].set_index("r")
+    np.testing.assert_allclose(last["lens_entropy"], mean_last.loc[last.index], rtol=1e-6)
+    assert (last["n_items"] == len(rows)).all()
+
+
 def test_driver_without_edits_and_with_repeated_conditions(setup):
     adapter, rows, _ = setup
     t = run_conditions(adapter, rows[:2], STYLE, "none", [Redundancy(2), Redundancy(2)], batch_items=2)
@@ -510,7 +531,9 @@ def _synthetic(acc: dict[str, list[int]]) -> pd.DataFrame:
                          "select": select, "op": op, "metric": "cos" if cond == "edit" else None,
                          "select_layer": layer if cond == "edit" else None, "r": r, "prediction": c,
                          "correct": c, "baseline_prediction": b, "baseline_correct": b, "n_edited": 1,
-                         "merge_ratio": None, "loglik": [0.0], "baseline_loglik": [0.0]})
+                         "merge_ratio": None, "loglik": [0.0], "baseline_loglik": [0.0],
+                         "lens_margin": [float(n), float(r)] if cond == "redundancy" else None,  # 2 layers
+                         "lens_entropy": [0.1 * r, 0.5] if cond == "redundancy" else None})
     t = pd.DataFrame(rows)[COLUMNS]
     for col in ("layer", "select_layer", "r"):
         t[col] = t[col].astype("Int64")
@@ -538,6 +561,9 @@ def test_report_layouts():
     red = redundancy_table({"m1": t})
     assert red[["r", "accuracy", "delta"]].values.tolist() == [[1, 75.0, 0.0], [8, 25.0, -50.0]]
     assert red["n_items"].tolist() == [4, 4] and red.loc[1, "broken"] == 2
+    lens = redundancy_lens_table({"m1": t})
+    np.testing.assert_allclose(lens[["r", "layer", "lens_margin", "lens_entropy", "n_items"]].to_numpy(float),
+                               [[1, 0, 1.5, 0.1, 4], [1, 1, 1.0, 0.5, 4], [8, 0, 1.5, 0.8, 4], [8, 1, 8.0, 0.5, 4]])
 
 
 def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(tmp_path, caplog):

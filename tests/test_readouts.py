@@ -68,3 +68,50 @@ def test_stored_lens_at_the_last_layer_is_the_scored_distribution(tmp_path):
             assert margin[n, -1] == pytest.approx(float(logp[first[row.item.answer]] - others), abs=1e-4)
             h = -(logp.exp() * logp).sum() / math.log(len(logp))
             assert entropy[n, -1] == pytest.approx(float(h), abs=1e-4)
+
+
+def test_transcript_rigged_head_reads_the_true_word_at_one_layer(tmp_path):
+    """Span states carry a token id in channel 0 and the head is rigged to one-hot logits on it: at layer 2 each
+    position holds its word's first token (top1 fraction 1, wrong-word control 0 but top5 1: it ranks second), at the
+    other layers token 0, which is no word's (top1 0, top5 1: the target ranks second)."""
+    from modgap.states.readouts.transcript import Transcript
+
+    adapter = load_adapter("qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
+                           device="cpu")
+    vocab = adapter.model.config.get_text_config().vocab_size
+
+    class Rig(torch.nn.Module):
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            return 10.0 * torch.nn.functional.one_hot(h[..., 0].long(), vocab).float()
+
+    adapter.readout = adapter.model.lm_head = Rig()  # layers < L through the readout, L through lm_head alone
+    words = ["dog", "is", "the", "sun"]  # distinct first tokens under the tiny tokenizer
+    first = [adapter.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+    assert 0 not in first and len(set(first)) == len(words)
+    word_index = np.array([-1, 0, 0, 1, 2, 2, 2, 3, -1])
+    hidden = torch.zeros(adapter.n_layers + 1, len(word_index), adapter.hidden_size)
+    hidden[2, word_index >= 0, 0] = torch.tensor([float(first[w]) for w in word_index[word_index >= 0]])
+    out = Transcript().item_fields(adapter, words, word_index, hidden)
+    expect = np.zeros(adapter.n_layers + 1)
+    expect[2] = 1
+    assert out["transcript_top1"].tolist() == expect.tolist()
+    assert out["transcript_top5"].tolist() == [1.0] * (adapter.n_layers + 1)
+    assert out["transcript_wrong_top1"].tolist() == [0.0] * (adapter.n_layers + 1)
+    assert out["transcript_wrong_top5"].tolist() == [1.0] * (adapter.n_layers + 1)
+    assert out["transcript_n_words"] == 4
+
+
+def test_stored_transcript_fields(tmp_path):
+    """The states pass stores fractions in [0, 1] per layer for S and NaN for T."""
+    lab = generate_lab(0, 0, 0, 3)
+    rows = read_rows(corpus_table(lab["test"], tmp_path / "audio"))
+    adapter = load_adapter("qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
+                           device="cpu")
+    options = StatesOptions.from_config(defaults("states", batch_items=3, readouts=["transcript"]))
+    dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", options, "tiny")
+    store = StoreReader(tmp_path / "s.zarr")
+    top10, wrong = store.readout("S", "transcript_top10"), store.readout("S", "transcript_wrong_top10")
+    assert top10.shape == (len(rows), adapter.n_layers + 1)
+    assert ((top10 >= 0) & (top10 <= 1)).all() and ((wrong >= 0) & (wrong <= 1)).all()
+    assert (store.readout("S", "transcript_n_words") >= 1).all()
+    assert np.isnan(store.readout("T", "transcript_top1")).all()

@@ -157,8 +157,13 @@ def test_released_checkpoint_study_plans_no_lab_rule(tmp_path):
     and no lab rule (which needs the lab dataset) is among its jobs."""
     record = {"id": "q1", "subject": "s", "question": "what is two plus three", "choices": ["five", "six"], "answer": 0}
     (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
-    write_config(tmp_path, {"datasets": {"mine": {"source": "jsonl", "path": "data.jsonl"}},
-                            "models": {"mine": {"family": "qwen2_audio", "path": str(tmp_path / "checkpoint")}}})
+    config = {"datasets": {"mine": {"source": "jsonl", "path": "data.jsonl"}},
+              "models": {"mine": {"family": "qwen2_audio", "path": str(tmp_path / "checkpoint")}}}
+    write_config(tmp_path, config)
     jobs = planned_jobs(tmp_path)
     assert jobs["states_dump"] == 1 and jobs["findings"] == 1 and jobs["all"] == 1
+    assert jobs["lens_strata"] == 1 and jobs["plot_lens_strata"] == 1  # the lens readout is on by default
+    assert jobs["plot_redundancy_lens"] == 1
+    write_config(tmp_path, {**config, "states": {"readouts": ["lens", "transcript"]}})
+    assert planned_jobs(tmp_path)["transcript_layers"] == 1
     assert not [rule for rule in jobs if rule.startswith("lab_")]

@@ -3,7 +3,9 @@
 
 Per batch of items the driver runs one unedited forward per condition (S and T), which gives the baseline
 predictions and, through recording hooks, the span states the edits need; then one edited S forward per edit
-condition (options scored after the hook is gone), and one T forward per redundancy factor.
+condition (options scored after the hook is gone), and one T forward per redundancy factor, whose rows also carry the
+logit lens at the decision position (`lens_margin`, `lens_entropy` [L+1]: `modgap.states.readouts.lens`; None on
+other rows).
 
 Token selection (P1, open choices exposed): at the selection layer (default: the edited layer) the similarity matrix
 A = token_similarity(h^S, h^T, metric) gives the path i*_j (`alignment_path`) and its values A[i*_j, j]
@@ -56,11 +58,13 @@ from modgap.metrics.moments import MomentAccumulator
 from modgap.models.base import Scores, SpeechLM
 from modgap.models.hooks import RowEdit
 from modgap.states import spine
+from modgap.states.readouts.lens import LogitLens
 
 _SELECT = re.compile(r"^(?:all|bottom-(\d+))$")
 COLUMNS = [
     "id", "condition", "label", "control", "layer", "site", "select", "op", "metric", "select_layer", "r", "prediction",
     "correct", "baseline_prediction", "baseline_correct", "n_edited", "merge_ratio", "loglik", "baseline_loglik",
+    "lens_margin", "lens_entropy",
 ]
 
 
@@ -231,8 +235,7 @@ def _row(item: Item, scores: Scores, base: Scores, n_layers: int, **fields) -> d
     row = {
         "id": item.id, "control": "none", "site": "none" if layer is None else _site(layer, n_layers),
         "select": "none", "op": "none", "metric": None, "select_layer": None, "r": None, "layer": None, "n_edited": 0,
-        "merge_ratio": None,
-        **fields,
+        "merge_ratio": None, "lens_margin": None, "lens_entropy": None, **fields,
         "prediction": scores.pred, "correct": int(scores.pred == item.answer),
         "baseline_prediction": base.pred, "baseline_correct": int(base.pred == item.answer),
         "loglik": scores.logliks.tolist(), "baseline_loglik": base.logliks.tolist(),
@@ -406,10 +409,12 @@ def run_conditions(
 
         for cond in redundancy:
             rep = [redundant_item(it, int(cond.r)) for it in its]
-            pre = spine.forward(adapter, [adapter.text_inputs(it, style) for it in rep]).prefills
-            for it, p, b in zip(rep, pre, base_t):
+            fwd = spine.forward(adapter, [adapter.text_inputs(it, style) for it in rep], decision=True)
+            lens = spine.read(adapter, [LogitLens()], "T", style, rep, fwd)
+            for g, (it, p, b) in enumerate(zip(rep, fwd.prefills, base_t)):
                 out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="redundancy",
-                                label=_label(cond), op="repeat", r=int(cond.r)))
+                                label=_label(cond), op="repeat", r=int(cond.r),
+                                **{k: lens[k][g].tolist() for k in ("lens_margin", "lens_entropy")}))
 
     table = pd.DataFrame(out)[COLUMNS]
     table["merge_ratio"] = table["merge_ratio"].astype("float64")

@@ -97,6 +97,25 @@ def redundancy_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return out.assign(r=out["r"].astype(int), accuracy=(100 * out["accuracy"]).round(2))[columns]
 
 
+def redundancy_lens_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Decision dynamics under text redundancy: one row per (model, r, layer) with the mean logit-lens margin and
+    normalised entropy at the decision position over the redundancy rows' items, and n_items."""
+    columns = ["model", "r", "layer", "lens_margin", "lens_entropy", "n_items"]
+    frames = []
+    for model, t in tables.items():
+        rows = t[t["condition"] == "redundancy"]
+        if rows.empty:
+            continue
+        long = rows[["r", "lens_margin", "lens_entropy"]].explode(["lens_margin", "lens_entropy"])
+        long = long.assign(layer=long.groupby(level=0).cumcount(), r=long["r"].astype(int),
+                           lens_margin=long["lens_margin"].astype(float), lens_entropy=long["lens_entropy"].astype(float))
+        frames.append(long.groupby(["r", "layer"]).agg(lens_margin=("lens_margin", "mean"),
+                                                       lens_entropy=("lens_entropy", "mean"),
+                                                       n_items=("lens_entropy", "size")).reset_index()
+                      .assign(model=model))
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
 EDIT_KEYS = ["layer", "site", "select", "op", "metric", "select_layer"]
 CONTROL_COLUMNS = ["condition", *EDIT_KEYS, "n_items", "n_edited", "merge_ratio", "baseline_accuracy",
                    *(f"{c}_delta" for c in SITES), "effect", "effect_ci_lo", "effect_ci_hi", "path_only",

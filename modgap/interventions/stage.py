@@ -13,7 +13,8 @@ from modgap.corpus.table import read_rows, read_shard
 from modgap.interventions.conditions import conditions_from_options, run_conditions
 from modgap.interventions.options import InterventionsOptions
 from modgap.interventions.report import (
-    CONTROL_COLUMNS, control_effects, p1_table, p2_calibration_table, paired_ci, redundancy_table, summarize,
+    CONTROL_COLUMNS, control_effects, p1_table, p2_calibration_table, paired_ci, redundancy_lens_table,
+    redundancy_table, summarize,
 )
 from modgap.models import load_run
 from modgap.options import as_dict
@@ -79,7 +80,7 @@ def controls_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                      )[["model", *CONTROL_COLUMNS]]
 
 
-TABLES = ("conditions", "controls", "p1_table", "calibration", "redundancy")
+TABLES = ("conditions", "controls", "p1_table", "calibration", "redundancy", "redundancy_lens")
 
 
 def gather(shards: dict[str, list[str]], out: dict[str, str | Path], k: int, stats_mode: str
@@ -95,6 +96,7 @@ def gather(shards: dict[str, list[str]], out: dict[str, str | Path], k: int, sta
         "p1_table": p1_table(tables, layer=0, k=k).reset_index(),
         "calibration": p2_calibration_table(tables, stats_mode).reset_index(),
         "redundancy": redundancy_table(tables),
+        "redundancy_lens": redundancy_lens_table(tables),
     }
     write_parquet(pd.concat([t.assign(model=m) for m, t in tables.items()], ignore_index=True), out["items"])
     n_items = max(t["id"].nunique() for t in tables.values())

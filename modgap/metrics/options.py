@@ -32,7 +32,7 @@ class CKAOptions:
 @dataclass(frozen=True)
 class MetricsOptions(StageOptions):
     """Where metrics run, layer 0 in averages, the word timings taken as truth, items per batched DTW, the post-norm
-    last state, the seed of every random control, and the DTW and CKA choices."""
+    last state, the seed of every random control, the transcript-emergence level, and the DTW and CKA choices."""
 
     section: ClassVar[str] = "metrics"
 
@@ -42,6 +42,7 @@ class MetricsOptions(StageOptions):
     batch_items: int
     last_layer: str
     seed: int
+    transcript_level: float
     dtw: DTWOptions
     pairs: str
     cka: CKAOptions

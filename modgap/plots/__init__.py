@@ -11,8 +11,10 @@ from .gap import decomposition_lines, gap_scatter, item_distributions
 from .interventions import calibration_bars, edit_layer_curves, intervention_bars, redundancy_curve
 from .layers import bootstrap_band, layer_curves
 from .probes import probe_curves
+from .lens import lens_strata_curves, redundancy_entropy_curves
 from .style import save
 
 __all__ = ["accuracy_bars", "attention_dispersion", "bootstrap_band", "calibration_bars", "cka_heatmap", "cka_small_multiples",
            "decomposition_lines", "edit_layer_curves", "gap_scatter", "intervention_bars", "item_distributions",
-           "layer_curves", "path_stats", "probe_curves", "redundancy_curve", "save", "similarity_heatmap"]
+           "layer_curves", "lens_strata_curves", "path_stats", "probe_curves", "redundancy_curve",
+           "redundancy_entropy_curves", "save", "similarity_heatmap"]

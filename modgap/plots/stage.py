@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, attention_dispersion, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
-               edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
-               probe_curves, redundancy_curve, save, similarity_heatmap)
+from . import (accuracy_bars, attention_dispersion, calibration_bars, cka_heatmap, cka_small_multiples,
+               decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars, item_distributions,
+               layer_curves, lens_strata_curves, path_stats, probe_curves, redundancy_curve,
+               redundancy_entropy_curves, save, similarity_heatmap)
 
 FORMATS = ("png", "pdf")
 
@@ -98,3 +99,13 @@ def plot_interventions(conditions_csv: str | Path, redundancy_csv: str | Path, o
     _save(edit_layer_curves(conditions, style=style), out["edit_layers"])
     _save(calibration_bars(conditions, style=style), out["calibration"])
     _save(redundancy_curve(redundancy.assign(accuracy=redundancy["accuracy"] / 100), style=style), out["redundancy"])
+
+
+def plot_lens_strata(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:
+    """Lens margin and entropy by outcome stratum, one row per model (`tables`: model -> lens_strata.csv)."""
+    _save(lens_strata_curves({m: pd.read_csv(p) for m, p in tables.items()}, style=style), out)
+
+
+def plot_redundancy_lens(lens_csv: str | Path, out: str | Path, style: dict) -> None:
+    """Decision entropy vs layer under text redundancy (the interventions' redundancy_lens table)."""
+    _save(redundancy_entropy_curves(pd.read_csv(lens_csv), style=style), out)

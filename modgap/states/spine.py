@@ -144,6 +144,13 @@ def forward(
     )
 
 
+def read(adapter: SpeechLM, readouts: Sequence[Readout], condition: str, style: str, items: list[Item], fwd: Forward
+         ) -> dict[str, np.ndarray]:
+    """Every field of `readouts` on one forward of `items` in `condition` (field -> [B, *shape])."""
+    seen = Seen(adapter, condition, style, items, fwd.inputs, fwd.prefills, fwd.decision, fwd.attention)
+    return {k: v for r in readouts for k, v in r(seen).items()}
+
+
 @dataclass
 class Batch:
     """One step of `run`: the rows run and their items, per condition the forward, each readout field `[B, *shape]`
@@ -193,8 +200,7 @@ def run(
                 fwd = forward(adapter, inputs[c], hidden=hidden, span_layers=span_layers,
                               decision="decision_states" in needs, attention="attention_rows" in needs)
                 batch.forwards[c] = fwd
-                seen = Seen(adapter, c, style, batch.items, fwd.inputs, fwd.prefills, fwd.decision, fwd.attention)
-                batch.readouts[c] = {k: v for r in readouts for k, v in r(seen).items()}
+                batch.readouts[c] = read(adapter, readouts, c, style, batch.items, fwd)
                 batch.responses[c] = [adapter.generate(x, **decoding) if respond is not None and respond(it) else None
                                       for x, it in zip(fwd.inputs, batch.items)]
             yield batch

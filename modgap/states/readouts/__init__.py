@@ -92,4 +92,4 @@ def field_shapes(readouts: list[Readout], adapter: SpeechLM) -> dict[str, tuple[
     return shapes
 
 
-from modgap.states.readouts import attention, decision, lens  # noqa: E402,F401  (registration)
+from modgap.states.readouts import attention, decision, lens, transcript  # noqa: E402,F401  (registration)
