@@ -143,7 +143,7 @@ def figure_targets():
     per_voice = [
         f"{FIGURES}/{name}.png"
         for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "decomposition", "edits",
-                     "edit_layers", "calibration", "redundancy"]
+                     "edit_layers", "calibration", "redundancy", "synchrony", "base_layers"]
     ]
     per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]
     per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()

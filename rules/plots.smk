@@ -37,12 +37,25 @@ use rule plot_accuracy as plot_metrics with:
         paths=figure(f"{FIGURES}/paths", "fig_paths", "Alignment"),
         items_cos=figure(f"{FIGURES}/items_cos", "fig_items", "Gap statistics"),
         items_aps=figure(f"{FIGURES}/items_aps", "fig_items", "Gap statistics"),
+        synchrony=figure(f"{FIGURES}/synchrony", "fig_synchrony", "Representations"),
     params:
         models=list(MODELS),
         options=config["plots"],
         first_layer=0 if config["metrics"]["include_layer0"] else 1,
     log:
         f"{LOGS}/plots/metrics/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_base_layers with:
+    input:
+        expand(f"{METRICS}/base_layers.csv", model=MODELS, allow_missing=True),
+    output:
+        figure(f"{FIGURES}/base_layers", "fig_base_layers", "Alignment"),
+    params:
+        models=list(MODELS),
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/base_layers/{{dataset}}/{{voice}}.log",
 
 
 use rule plot_accuracy as plot_gap with:

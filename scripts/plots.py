@@ -16,6 +16,8 @@ with logged(snakemake.log[0]):
             stage.plot_accuracy(i[0], stem(o), p.style)
         case "plot_metrics":
             stage.plot_metrics(dict(zip(p.models, i)), stems, p.options, p.first_layer)
+        case "plot_base_layers":
+            stage.plot_base_layers(dict(zip(p.models, i)), stem(o), p.style)
         case "plot_gap":
             stage.plot_gap(i.points, i.fits, i.decomposition, stems, p.style)
         case "plot_cka":
