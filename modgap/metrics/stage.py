@@ -3,8 +3,8 @@
 Two passes over the stores, one item batch in memory at a time: pass 1 computes the per-item metrics with their
 baselines (time-proportional and seeded random paths, classical min-cost DTW), the DTW paths and the CKA and moment
 statistics under DTW and true-word pairing, the layer-update synchrony on both pairings with its shuffled-pair
-control, the DTW base-layer sensitivity (every analysed layer as the base layer), and the CKA permutation null; pass 2 the standardized L2, which needs
-pass 1's pooled moments. Peak memory grows with the number of items only through the kept DTW paths (a few int
+control, the DTW base-layer sensitivity (every analysed layer as the base layer), and the CKA permutation null;
+pass 2 the standardized L2, which needs pass 1's pooled moments. Peak memory grows with the number of items only through the kept DTW paths (a few int
 pairs per item) and, when `metrics.cka.n_boot` > 0, each item's default-pairing rows for the readout bootstrap.
 The post-norm last state is left out of every metric unless `metrics.last_layer: include`.
 """
@@ -375,7 +375,8 @@ def _num(x: float) -> float | None:
 def run_metrics(stores: list[str], corpus_table: str | Path, options: MetricsOptions, device: str, labels: dict,
                 out: dict[str, str | Path]) -> dict:
     """Compute and write `out["item_metrics"]` (Parquet, one row per item and layer), `out["cka"]` (Parquet, long),
-    `out["readouts"]` (CSV), `out["base_layers"]` (CSV, `BaseLayerSensitivity.table`) and `out["summary"]` (JSON); the options and inputs go to every output's metadata."""
+    `out["readouts"]` (CSV), `out["base_layers"]` (CSV, `BaseLayerSensitivity.table`) and `out["summary"]` (JSON);
+    the options and inputs go to every output's metadata."""
     t0 = time.perf_counter()
     run = MetricsRun(stores, pd.read_parquet(corpus_table), options, torch.device(device))
     run.first_pass()
