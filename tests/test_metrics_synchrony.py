@@ -52,7 +52,7 @@ def test_shuffled_control_averages_the_off_diagonal_cosines():
     mean cosine over all mismatched pairs."""
     g = torch.Generator().manual_seed(2)
     n = 4
-    xs, ys = torch.randn(2, n, 3, generator=g, dtype=torch.float64), torch.randn(2, n, 3, generator=g, dtype=torch.float64)
+    xs, ys = (torch.randn(2, n, 3, generator=g, dtype=torch.float64) for _ in range(2))
     us, ut = (xs[1] - xs[0]).numpy(), (ys[1] - ys[0]).numpy()
     cos = (us / np.linalg.norm(us, axis=1, keepdims=True)) @ (ut / np.linalg.norm(ut, axis=1, keepdims=True)).T
     expected = cos[~np.eye(n, dtype=bool)].mean()

@@ -4,8 +4,9 @@ Two passes over the stores, one item batch in memory at a time: pass 1 computes 
 baselines (time-proportional and seeded random paths, classical min-cost DTW), the DTW paths and the CKA and moment
 statistics under DTW and true-word pairing, the layer-update synchrony on both pairings with its shuffled-pair
 control, the DTW base-layer sensitivity (every analysed layer as the base layer), and the CKA permutation null;
-pass 2 the standardized L2, which needs pass 1's pooled moments. Peak memory grows with the number of items only through the kept DTW paths (a few int
-pairs per item) and, when `metrics.cka.n_boot` > 0, each item's default-pairing rows for the readout bootstrap.
+pass 2 the standardized L2, which needs pass 1's pooled moments. Peak memory grows with the number of items only
+through the kept DTW paths (a few int pairs per item), the base-layer path agreements (one float per item and
+layer) and, when `metrics.cka.n_boot` > 0, each item's default-pairing rows for the readout bootstrap.
 The post-norm last state is left out of every metric unless `metrics.last_layer: include`.
 """
 from __future__ import annotations

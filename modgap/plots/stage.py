@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, base_layer_agreement, calibration_bars, cka_heatmap, cka_small_multiples, decomposition_lines,
-               edit_layer_curves, gap_scatter, intervention_bars, item_distributions, layer_curves, path_stats,
-               redundancy_curve, save, similarity_heatmap, synchrony_curves)
+from . import (accuracy_bars, base_layer_agreement, calibration_bars, cka_heatmap, cka_small_multiples,
+               decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars, item_distributions,
+               layer_curves, path_stats, redundancy_curve, save, similarity_heatmap, synchrony_curves)
 
 FORMATS = ("png", "pdf")
 
