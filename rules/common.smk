@@ -144,7 +144,7 @@ def figure_targets():
     per_voice = [
         f"{FIGURES}/{name}.png"
         for name in ["layers", "paths", "items_cos", "items_aps", "gap_scatter", "decomposition", "edits",
-                     "edit_layers", "calibration", "redundancy", "redundancy_entropy"]
+                     "edit_layers", "calibration", "redundancy", "redundancy_entropy", "synchrony", "base_layers"]
     ] + [f"{FIGURES}/lens_strata.png"] * ("lens" in config["states"]["readouts"])
     per_voice += [f"{FIGURES}/{name}.png" for name in ("probes", "probes_flipped") if config["probes"]["enabled"]]
     per_voice += [f"{FIGURES}/attention.png"] if "attention" in config["states"]["readouts"] else []

@@ -12,6 +12,7 @@ rule metrics:
         cka=f"{METRICS}/cka.parquet",
         readouts=f"{METRICS}/cka_readouts.csv",
         summary=f"{METRICS}/summary.json",
+        base_layers=f"{METRICS}/base_layers.csv",
     params:
         options=config["metrics"],
     threads: 1

@@ -37,6 +37,7 @@ use rule plot_accuracy as plot_metrics with:
         paths=figure(f"{FIGURES}/paths", "fig_paths", "Alignment"),
         items_cos=figure(f"{FIGURES}/items_cos", "fig_items", "Gap statistics"),
         items_aps=figure(f"{FIGURES}/items_aps", "fig_items", "Gap statistics"),
+        synchrony=figure(f"{FIGURES}/synchrony", "fig_synchrony", "Representations"),
     params:
         models=list(MODELS),
         options=config["plots"],
@@ -55,6 +56,18 @@ use rule plot_accuracy as plot_attention with:
         options=config["plots"],
     log:
         f"{LOGS}/plots/attention/{{dataset}}/{{voice}}.log",
+
+
+use rule plot_accuracy as plot_base_layers with:
+    input:
+        expand(f"{METRICS}/base_layers.csv", model=MODELS, allow_missing=True),
+    output:
+        figure(f"{FIGURES}/base_layers", "fig_base_layers", "Alignment"),
+    params:
+        models=list(MODELS),
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/base_layers/{{dataset}}/{{voice}}.log",
 
 
 use rule plot_accuracy as plot_gap with:

@@ -20,6 +20,8 @@ with logged(snakemake.log[0]):
             stage.plot_probes(list(i), stems, p.style)
         case "plot_attention":
             stage.plot_attention(dict(zip(p.models, i)), stem(o), p.options)
+        case "plot_base_layers":
+            stage.plot_base_layers(dict(zip(p.models, i)), stem(o), p.style)
         case "plot_gap":
             stage.plot_gap(i.points, i.fits, i.decomposition, stems, p.style)
         case "plot_cka":

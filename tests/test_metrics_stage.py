@@ -68,7 +68,8 @@ def run(tmp_path, items, stores, shift_ms=0.0, options=None, name="out"):
     table = tmp_path / f"{name}.parquet"
     corpus(items, shift_ms).to_parquet(table)
     out = {k: tmp_path / f"{name}_{k}.{ext}" for k, ext in
-           [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json")]}
+           [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json"),
+            ("base_layers", "csv")]}
     result = run_metrics(stores, table, MetricsOptions.from_config(options or SECTION), "cpu",
                          {"model": "m", "dataset": "d", "voice": "v"}, out)
     return result, pd.read_parquet(out["item_metrics"]), pd.read_parquet(out["cka"]), pd.read_csv(out["readouts"])
@@ -93,6 +94,19 @@ def test_known_alignment_is_recovered(one_shard, items):
     assert table["mono_cos"].min() > 0.9 and table["mono_l2"].min() > 0.9
     assert table["aps_cos"].min() > 0.99 and table["gt_miss_ms_argmax"].isna().all()
     assert summary["speech_acc"] == 0.5 and summary["text_acc"] == 1.0
+
+
+def test_synchrony_and_base_layers_on_a_planted_alignment(one_shard):
+    """Speech repeats its tokens' text states: the DTW and the true-word pairs are the same, their updates agree up
+    to the noise, a deranged pairing does not, and every base layer recovers the same path."""
+    tmp, (_, table, _, _) = one_shard
+    assert table.loc[table["layer"] == 0, ["sync_dtw", "sync_truth", "sync_shuffled"]].isna().all().all()
+    rest = table[table["layer"] > 0]
+    np.testing.assert_allclose(rest["sync_dtw"], rest["sync_truth"], rtol=1e-5)
+    assert rest["sync_dtw"].min() > 0.99 and rest["sync_shuffled"].max() < 0.5
+    base = pd.read_csv(tmp / "out_base_layers.csv")
+    assert base["base_layer"].tolist() == LAYERS and base["default"].tolist() == [b == 1 for b in LAYERS]
+    assert (base["path_agreement"] == 1).all() and (base["best_match_agreement"] == 1).all()
 
 
 def test_pooled_metrics_match_numpy(one_shard, items):

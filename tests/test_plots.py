@@ -48,8 +48,19 @@ def items_table(models=LAB, n_items=30, seed=0) -> pd.DataFrame:
                              "gt_miss_ms_argmax": 80 * u[0], "gt_hit_dtw": 0.5 + 0.1 * u[2],
                              "gt_miss_ms_dtw": 40 * u[1], "std_l2": u[3], "correct_S": correct[0],
                              "correct_T": correct[1], "n_S": 60, "n_T": 12,
-                             "gt_hit_proportional": 0.6 + 0.001 * i, "gt_hit_random_expected": 0.1 + 0.001 * i})
+                             "gt_hit_proportional": 0.6 + 0.001 * i, "gt_hit_random_expected": 0.1 + 0.001 * i,
+                             "sync_dtw": np.nan if layer == 0 else 0.8 + 0.1 * u[0],
+                             "sync_truth": np.nan if layer == 0 else 0.7 + 0.1 * u[1],
+                             "sync_shuffled": np.nan if layer == 0 else 0.1 * u[2]})
     return pd.DataFrame(rows)
+
+
+def base_layer_tables(models=LAB, default=2) -> dict[str, pd.DataFrame]:
+    layers = np.array(LAYERS)
+    return {m: pd.DataFrame({"base_layer": layers, "default": layers == default,
+                             "path_agreement": 1 - 0.1 * k * np.abs(layers - default), "path_agreement_sd": 0.05,
+                             "best_match_agreement": 1 - 0.05 * np.abs(layers - default), "n_items": 20})
+            for k, m in enumerate(models)}
 
 
 def points_table(models=LAB, seed=0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,6 +160,8 @@ def all_figures() -> dict[str, Figure]:
         "edit_layers": plots.edit_layer_curves(conditions),
         "calibration": plots.calibration_bars(conditions),
         "redundancy": plots.redundancy_curve(redundancy),
+        "synchrony": plots.synchrony_curves(items, n_boot=50),
+        "base_layers": plots.base_layer_agreement(base_layer_tables()),
     }
 
 
@@ -326,3 +339,26 @@ def test_redundancy_curve():
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 3 and ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8"]
+
+
+def test_synchrony_curves():
+    items = items_table(n_items=10)
+    fig = plots.synchrony_curves(items, n_boot=50)
+    dtw_ax, truth_ax = fig.axes
+    first = items[items["model"] == "lab-frozen@step50"].groupby("layer")
+    means = [line.get_ydata() for line in dtw_ax.get_lines() if len(line.get_ydata()) == len(LAYERS) - 1]
+    np.testing.assert_allclose(means[0], first["sync_dtw"].mean().iloc[1:])  # the first model's line, then the others'
+    shuffled = [y for y in means if np.allclose(y, first["sync_shuffled"].mean().iloc[1:])]
+    assert len(shuffled) == 1 and [t.get_title() for t in fig.axes] == ["DTW pairs", "True-word pairs"]
+
+
+def test_base_layer_agreement():
+    tables = base_layer_tables()
+    fig = plots.base_layer_agreement(tables)
+    path_ax, best_ax = fig.axes
+    lines = [line for line in path_ax.get_lines() if line.get_label() in tables]
+    assert [line.get_label() for line in lines] == list(plots.style.order_models(tables))
+    for line in lines:
+        np.testing.assert_allclose(line.get_ydata(), tables[line.get_label()]["path_agreement"])
+    defaults = gid_artists(fig, "default")
+    assert len(defaults) == 2 * len(tables) and all(a.get_xdata()[0] == 2 for a in defaults)

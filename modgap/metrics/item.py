@@ -84,14 +84,20 @@ def batched_dtw(scores: list[Tensor], band: int | None) -> list[Tensor]:
     return dtw_paths(padded, ls, lt, band)
 
 
-def dtw_layer_truth(items: list[ItemStates], scores: list[Tensor], band: int | None) -> list[dict[str, Tensor]]:
-    """Per item, the DTW path of every layer checked against the true word spans: gt_hit_dtw and gt_miss_ms_dtw,
-    each `[layers]`. `scores[k]` is item k's `[layers, Ts, Tt]` DTW score matrix."""
+def layer_paths(scores: list[Tensor], band: int | None) -> list[list[Tensor]]:
+    """Per item, the DTW path `[K, 2]` of every layer's matrix (`scores[k]`: item k's `[layers, Ts, Tt]`)."""
     paths = batched_dtw(scores, band)
+    n = [s.shape[0] for s in scores]
+    starts = [sum(n[:k]) for k in range(len(n))]
+    return [paths[start : start + count] for start, count in zip(starts, n)]
+
+
+def dtw_layer_truth(items: list[ItemStates], paths: list[list[Tensor]]) -> list[dict[str, Tensor]]:
+    """Per item, the DTW path of every layer (`layer_paths`) checked against the true word spans: gt_hit_dtw and
+    gt_miss_ms_dtw, each `[layers]`."""
     out = []
-    for k, x in enumerate(items):
-        n = scores[k].shape[0]
-        truth = [dtw_path_truth(p, x.speech_ms, x.text_words, x.word_spans_ms) for p in paths[k * n : (k + 1) * n]]
+    for x, item_paths in zip(items, paths):
+        truth = [dtw_path_truth(p, x.speech_ms, x.text_words, x.word_spans_ms) for p in item_paths]
         out.append({"gt_hit_dtw": torch.tensor([h for h, _ in truth], dtype=torch.float32),
                     "gt_miss_ms_dtw": torch.tensor([m for _, m in truth], dtype=torch.float32)})
     return out

@@ -32,7 +32,8 @@ class CKAOptions:
 @dataclass(frozen=True)
 class MetricsOptions(StageOptions):
     """Where metrics run, layer 0 in averages, the word timings taken as truth, items per batched DTW, the post-norm
-    last state, the seed of every random control, the transcript-emergence level, and the DTW and CKA choices."""
+    last state, the seed of every random control, the transcript-emergence level, the DTW and CKA choices, and the
+    base-layer sensitivity's CKA."""
 
     section: ClassVar[str] = "metrics"
 
@@ -46,4 +47,5 @@ class MetricsOptions(StageOptions):
     dtw: DTWOptions
     pairs: str
     cka: CKAOptions
+    base_layer_cka_batch: int
 

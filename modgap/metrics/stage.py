@@ -2,9 +2,11 @@
 
 Two passes over the stores, one item batch in memory at a time: pass 1 computes the per-item metrics with their
 baselines (time-proportional and seeded random paths, classical min-cost DTW), the DTW paths and the CKA and moment
-statistics under DTW and true-word pairing, and the CKA permutation null; pass 2 the standardized L2, which needs
-pass 1's pooled moments. Peak memory grows with the number of items only through the kept DTW paths (a few int
-pairs per item) and, when `metrics.cka.n_boot` > 0, each item's default-pairing rows for the readout bootstrap.
+statistics under DTW and true-word pairing, the layer-update synchrony on both pairings with its shuffled-pair
+control, the DTW base-layer sensitivity (every analysed layer as the base layer), and the CKA permutation null;
+pass 2 the standardized L2, which needs pass 1's pooled moments. Peak memory grows with the number of items only
+through the kept DTW paths (a few int pairs per item), the base-layer path agreements (one float per item and
+layer) and, when `metrics.cka.n_boot` > 0, each item's default-pairing rows for the readout bootstrap.
 The post-norm last state is left out of every metric unless `metrics.last_layer: include`.
 """
 from __future__ import annotations
@@ -30,10 +32,12 @@ from modgap.states.store import StoreReader
 from .baselines import hit_rate, path_baseline_columns, random_path, truth_aligned_pairs, truth_pairs
 from .cka import CKAAccumulator, MinibatchCKA, cka_accumulator, cka_readouts
 from .dtw import aligned_pairs
-from .item import DTWConfig, ItemStates, base_paths, dtw_layer_truth, dtw_score, layer_metrics
+from .base_layers import BaseLayerSensitivity
+from .item import DTWConfig, ItemStates, base_paths, dtw_layer_truth, dtw_score, layer_metrics, layer_paths
 from .moments import MomentAccumulator, standardized_l2
 from .null import CKAPermutationNull, accumulator_result, bootstrap_readouts, readout_stability
 from .options import CKAOptions, MetricsOptions
+from .synchrony import shuffled_synchrony, update_synchrony
 
 log = logging.getLogger("modgap")
 ESTIMATORS = {"biased": False, "unbiased": True}
@@ -172,6 +176,9 @@ class MetricsRun:
                                                                    max_bytes=cka.max_bytes, device=device))
         self.boot_rows: list[tuple[Tensor, Tensor]] = []  # default-pairing rows per item, for the readout bootstrap
         self.random = torch.Generator().manual_seed(options.seed)
+        self.shuffle = torch.Generator().manual_seed(options.seed)  # the synchrony control's derangements
+        self.base_layers = BaseLayerSensitivity(self.layers, self.configs[0].base, options.pairs,
+                                                options.base_layer_cka_batch, device)
         self.paths: dict[str, Tensor] = {}  # default-config DTW path per item, for pass 2
         self.columns: dict[str, list[np.ndarray]] = {}
 
@@ -192,9 +199,11 @@ class MetricsRun:
             states = [b.states for b in batch]
             matrices = [x.matrices() for x in states]
             scores = {m: [dtw_score(x, m) for x in matrices] for m in {c.metric for c in self.configs}}
-            truth = dtw_layer_truth(states, scores[default.metric], default.band)
+            paths = layer_paths(scores[default.metric], default.band)  # every layer as the base layer
+            truth = dtw_layer_truth(states, paths)
             # classical min-cost DTW on 1 - cos: maximising sum(cos - 1) over the same paths
-            mincost = dtw_layer_truth(states, [m["cos"] - 1 for m in matrices], default.band)
+            mincost = dtw_layer_truth(states, layer_paths([m["cos"] - 1 for m in matrices], default.band))
+            synchrony: dict[str, dict[str, Tensor]] = {}
             for config in self.configs:
                 for b, path in zip(batch, base_paths(scores[config.metric], config)):
                     xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options.pairs)
@@ -202,15 +211,20 @@ class MetricsRun:
                     if config == default:
                         self.moments["dtw"].update(torch.cat([xs, ys], dim=1))
                         self.paths[b.id] = path.to("cpu", torch.int32)
+                        synchrony[b.id] = {"sync_dtw": update_synchrony(xs, ys),
+                                           "sync_shuffled": shuffled_synchrony(xs, ys, self.shuffle)}
                         self.null.update(b.states.hs, b.states.ht, n_pairs=xs.shape[1])
                         if self.options.cka.n_boot:
                             self.boot_rows.append((xs.cpu(), ys.cpu()))
-            for b, mats, gt, mc in zip(batch, matrices, truth, mincost):
+            for b, mats, gt, mc, item_paths in zip(batch, matrices, truth, mincost, paths):
+                self.base_layers.update(b.states.hs, b.states.ht, item_paths)
+                sync_truth = torch.full((len(self.layers),), float("nan"))
                 if (pairs := self._truth_rows(b.states)) is not None:
                     self.n_truth += 1
                     self._accumulate(TRUTH, *pairs)
                     self.moments[TRUTH].update(torch.cat(pairs, dim=1))
-                values = {**layer_metrics(b.states, mats), **gt,
+                    sync_truth = update_synchrony(*pairs)
+                values = {**layer_metrics(b.states, mats), **gt, **synchrony[b.id], "sync_truth": sync_truth,
                           "gt_hit_dtw_mincost": mc["gt_hit_dtw"], "gt_miss_ms_dtw_mincost": mc["gt_miss_ms_dtw"]}
                 self._add_rows(b, values | self._baselines(b.states, values))
 
@@ -366,7 +380,8 @@ def _num(x: float) -> float | None:
 def run_metrics(stores: list[str], corpus_table: str | Path, options: MetricsOptions, device: str, labels: dict,
                 out: dict[str, str | Path]) -> dict:
     """Compute and write `out["item_metrics"]` (Parquet, one row per item and layer), `out["cka"]` (Parquet, long),
-    `out["readouts"]` (CSV) and `out["summary"]` (JSON); the options and inputs go to every output's metadata."""
+    `out["readouts"]` (CSV), `out["base_layers"]` (CSV, `BaseLayerSensitivity.table`) and `out["summary"]` (JSON);
+    the options and inputs go to every output's metadata."""
     t0 = time.perf_counter()
     run = MetricsRun(stores, pd.read_parquet(corpus_table), options, torch.device(device))
     run.first_pass()
@@ -379,6 +394,7 @@ def run_metrics(stores: list[str], corpus_table: str | Path, options: MetricsOpt
     write_parquet(items, out["item_metrics"])
     write_parquet(cka, out["cka"])
     write_csv(readouts, out["readouts"])
+    write_csv(run.base_layers.table(), out["base_layers"])
     result = summary(items, cka, readouts, meta) | {"seconds": round(time.perf_counter() - t0, 2)}
     write_text(json.dumps(result, indent=1, default=str, allow_nan=False), out["summary"])
     log.info("metrics of %d items in %.1f s on %s", result["n_items"], result["seconds"], device)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, attention_dispersion, calibration_bars, cka_heatmap, cka_small_multiples,
-               decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars, item_distributions,
-               layer_curves, lens_strata_curves, path_stats, probe_curves, redundancy_curve,
-               redundancy_entropy_curves, save, similarity_heatmap)
+from . import (accuracy_bars, attention_dispersion, base_layer_agreement, calibration_bars, cka_heatmap,
+               cka_small_multiples, decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars,
+               item_distributions, layer_curves, lens_strata_curves, path_stats, probe_curves, redundancy_curve,
+               redundancy_entropy_curves, save, similarity_heatmap, synchrony_curves)
 
 FORMATS = ("png", "pdf")
 
@@ -33,10 +33,12 @@ def plot_accuracy(accuracy_csv: str | Path, out: str | Path, style: dict) -> Non
 
 def plot_metrics(tables: Mapping[str, str | Path], out: Mapping[str, str | Path], options: dict, first_layer: int
                  ) -> None:
-    """Layer curves, path statistics and per-item distributions (`out` keys layers, paths, items_cos, items_aps)."""
+    """Layer curves, path statistics, per-item distributions and update synchrony (`out` keys layers, paths,
+    items_cos, items_aps, synchrony)."""
     items = metric_items(tables)
     boot, seed, style = options["bootstrap"], options["seed"], options["style"]
     _save(layer_curves(items, n_boot=boot, seed=seed, style=style), out["layers"])
+    _save(synchrony_curves(items, n_boot=boot, seed=seed, style=style), out["synchrony"])
     _save(path_stats(items, first_layer=first_layer, n_boot=boot, seed=seed, style=style), out["paths"])
     for key, metric in (("items_cos", "cos"), ("items_aps", "aps_cos")):
         _save(item_distributions(items, metric, first_layer=first_layer, seed=seed, style=style), out[key])
@@ -54,6 +56,11 @@ def plot_attention(tables: Mapping[str, str | Path], out: str | Path, options: d
     """The decision position's attention dispersion per layer, S vs T (the states readout `attention`)."""
     _save(attention_dispersion(metric_items(tables), n_boot=options["bootstrap"], seed=options["seed"],
                                style=options["style"]), out)
+
+
+def plot_base_layers(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:
+    """Every model's DTW base-layer agreement (`tables`: model -> its base_layers.csv)."""
+    _save(base_layer_agreement({m: pd.read_csv(p) for m, p in tables.items()}, style=style), out)
 
 
 def plot_gap(points_csv: str | Path, fits_csv: str | Path, decomposition_csv: str | Path,
