@@ -223,7 +223,8 @@ def _edit_rows(label: str, op: str, control: str, correct: list[int], base: list
     return [{"id": f"i{n}", "condition": "edit", "label": name, "control": control, "layer": 0, "site": "input",
              "select": label.split()[1], "op": op, "metric": "cos", "select_layer": 0, "r": None, "prediction": c,
              "correct": c, "baseline_prediction": b, "baseline_correct": b, "n_edited": 2, "merge_ratio": None,
-             "loglik": [0.0], "baseline_loglik": [0.0]} for n, (c, b) in enumerate(zip(correct, base))]
+             "loglik": [0.0], "baseline_loglik": [0.0], "lens_margin": None, "lens_entropy": None}
+            for n, (c, b) in enumerate(zip(correct, base))]
 
 
 def test_control_effects_equal_a_hand_computation():
