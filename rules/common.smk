@@ -92,6 +92,11 @@ def metrics_summaries():
 # --- stats
 
 
+def optional_metrics(name, enabled):
+    """Every model's metrics table `name` (per dataset and voice wildcard) when its analysis is enabled, else none."""
+    return expand(f"{METRICS}/{name}", model=MODELS, allow_missing=True) if enabled else []
+
+
 def stats_targets():
     return [f"{STATS}/{name}".format(dataset=d, voice=v) for name in ("headline.json", "findings.csv")
             for d in states_datasets() for v in voices(d, "test")]

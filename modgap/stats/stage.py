@@ -111,7 +111,8 @@ def run_findings(metrics: dict[str, dict[str, str | Path]], fits: str | Path, lo
                  interventions: dict[str, str | Path] | None, n_boot: int, seed: int, include_layer0: bool,
                  out: dict[str, str | Path]) -> pd.DataFrame:
     """Write the findings table (`out["csv"]`, `out["markdown"]`) from the stage tables: per model its metrics
-    outputs (`metrics[model]` with keys items, cka, readouts, summary), the stats fits and logistic tables, and the
+    outputs (`metrics[model]` with keys items, cka, readouts, summary, and lens_strata, transcript, probes,
+    base_layers when the study made them), the stats fits and logistic tables, and the
     interventions' controls and conditions tables when the study ran them."""
     items = pd.concat([pd.read_parquet(m["items"]).assign(model=name) for name, m in metrics.items()],
                       ignore_index=True)
@@ -120,6 +121,15 @@ def run_findings(metrics: dict[str, dict[str, str | Path]], fits: str | Path, lo
     rows += findings.cka_findings({n: pd.read_parquet(m["cka"]) for n, m in metrics.items()},
                                   {n: pd.read_csv(m["readouts"]) for n, m in metrics.items()},
                                   {n: json.loads(Path(m["summary"]).read_text()) for n, m in metrics.items()})
+    optional = {key: {n: pd.read_csv(m[key]) for n, m in metrics.items() if key in m}
+                for key in ("lens_strata", "transcript", "probes", "base_layers")}
+    if "attn_entropy_S" in items:
+        rows += findings.attention_findings(items, n_boot, seed)
+    rows += findings.lens_strata_findings(items, optional["lens_strata"], n_boot, seed)
+    rows += findings.transcript_findings(items, optional["transcript"], n_boot, seed)
+    rows += findings.synchrony_findings(items, n_boot, seed)
+    rows += findings.probe_findings(optional["probes"])
+    rows += findings.base_layer_findings(optional["base_layers"])
     rows += findings.fit_findings(pd.read_csv(fits))
     rows += findings.logistic_findings(pd.read_csv(logistic))
     if interventions is not None:
