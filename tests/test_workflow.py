@@ -74,10 +74,14 @@ def test_stats_and_interventions_outputs(study):
                                 "length all"] and len(p1) == 4
 
 
+# accuracy; 14 per voice (lens strata: the lens readout is on by default); CKA per model; 2 items x 2 layers per model
+N_FIGURES = 1 + 14 + 4 * 3 + 4 * 4
+
+
 def test_figures_and_report(study, tmp_path):
     workdir, _ = study
     figures = sorted((workdir / "results" / "figures").rglob("*.png"))
-    assert len(figures) == 1 + 10 + 4 * 3 + 4 * 4  # accuracy; per voice; CKA per model; 2 items x 2 layers per model
+    assert len(figures) == N_FIGURES
     assert all(f.with_suffix(".pdf").is_file() for f in figures)
     report = tmp_path / "report.html"
     snakemake(workdir, "--report", str(report))
@@ -92,7 +96,7 @@ def test_figures_regenerate_with_plot_jobs_only(study):
         f.unlink()
     jobs = job_stats(snakemake(workdir, "figures").stdout)
     assert jobs and all(rule.startswith("plot_") or rule == "figures" for rule in jobs), jobs
-    assert len(list((workdir / "results" / "figures").rglob("*.png"))) == 1 + 10 + 4 * 3 + 4 * 4
+    assert len(list((workdir / "results" / "figures").rglob("*.png"))) == N_FIGURES
 
 
 def test_plot_style_change_reruns_only_plots(study):
@@ -122,8 +126,9 @@ def test_tts_change_reruns_only_what_depends_on_it(study):
     assert jobs == {
         "corpus_speech": 1, "corpus_align": 1, "corpus_summary": 1, "lab_score": 1,
         "states_dump": 8, "states_tables": 4, "states_accuracy": 1, "states_suites": 1, "metrics": 4,
-        "metrics_heatmaps": 4, "stats": 1, "findings": 1, "interventions_shard": 8, "interventions": 1,
-        "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "plot_heatmaps": 4, "plot_interventions": 1, "all": 1,
+        "metrics_heatmaps": 4, "lens_strata": 4, "stats": 1, "findings": 1, "interventions_shard": 8,
+        "interventions": 1, "plot_accuracy": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "plot_heatmaps": 4,
+        "plot_interventions": 1, "plot_redundancy_lens": 1, "plot_base_layers": 1, "plot_lens_strata": 1, "all": 1,
     }
 
 
@@ -134,7 +139,8 @@ def test_metric_option_change_reruns_metrics_not_states(study):
         jobs = planned_jobs(workdir)
     finally:
         write_config(workdir, config)
-    assert jobs == {"metrics": 4, "stats": 1, "findings": 1, "plot_metrics": 1, "plot_gap": 1, "plot_cka": 4, "all": 1}
+    assert jobs == {"metrics": 4, "lens_strata": 4, "stats": 1, "findings": 1, "plot_metrics": 1, "plot_gap": 1,
+                    "plot_cka": 4, "plot_base_layers": 1, "plot_lens_strata": 1, "all": 1}
 
 
 def test_bad_config_fails_in_one_line_naming_the_key(study, tmp_path):
