@@ -31,8 +31,9 @@ def lens_strata_curves(tables: Mapping[str, pd.DataFrame], style: Mapping | None
                         g = table[(table["stratum"] == stratum) & (table["labels"] == labels)].sort_values("layer")
                         ax.plot(g["layer"], g[column], line, color=SERIES_COLORS[k], linewidth=1.2,
                                 label=label if labels == "outcome" else None, gid=f"{stratum}-{labels}")
-                ax.set_title(f"{model}: {title}" if len(models) > 1 else title)
-                ax.set_xlabel("Layer (0 = embeddings)")
+                ax.set_ylabel(title)
+                ax.set_xlabel("Layer")
+            row[0].set_title(model, loc="left")
         figure_legend(fig)
     return fig
 
