@@ -142,6 +142,18 @@ use rule plot_accuracy as plot_lens_strata with:
         f"{LOGS}/plots/lens_strata/{{dataset}}/{{voice}}.log",
 
 
+use rule plot_accuracy as plot_transcript with:
+    input:
+        expand(f"{METRICS}/transcript.csv", model=MODELS, allow_missing=True),
+    output:
+        figure(f"{FIGURES}/transcript", "fig_transcript", "Decision dynamics"),
+    params:
+        models=list(MODELS),
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/transcript/{{dataset}}/{{voice}}.log",
+
+
 use rule plot_accuracy as plot_redundancy_lens with:
     input:
         f"{INTERVENTIONS}/redundancy_lens.csv",

@@ -31,6 +31,8 @@ with logged(snakemake.log[0]):
             stage.plot_heatmaps(i[0], snakemake.wildcards.model, p.layers, [stem([f]) for f in pngs], p.style)
         case "plot_lens_strata":
             stage.plot_lens_strata(dict(zip(p.models, i)), stem(o), p.style)
+        case "plot_transcript":
+            stage.plot_transcript(dict(zip(p.models, i)), stem(o), p.style)
         case "plot_redundancy_lens":
             stage.plot_redundancy_lens(i[0], stem(o), p.style)
         case "plot_interventions":

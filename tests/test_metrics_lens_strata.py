@@ -68,3 +68,17 @@ def test_redundancy_entropy_figure_draws_one_line_per_r():
     lines = {line.get_gid(): line for line in fig.axes[0].get_lines()}
     assert set(lines) == {"r1", "r2", "r4", "r8"}
     assert lines["r4"].get_ydata().tolist() == pytest.approx([0.4, 1.4, 2.4])
+
+
+def test_transcript_figure_draws_each_k_beside_its_wrong_word_control():
+    from modgap.plots import transcript_curves
+
+    layers = np.arange(4)
+    table = pd.DataFrame({"layer": layers, **{f"transcript_top{k}_S": 0.1 * k * layers / 3 for k in (1, 5, 10)},
+                          **{f"transcript_wrong_top{k}_S": np.full(4, 0.01 * k) for k in (1, 5, 10)}})
+    fig = transcript_curves({"lab-full@step400": table, "lab-frozen@step50": table})
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["lab-full@step400", "lab-frozen@step50"]  # strategies as met
+    lines = {line.get_gid(): line for line in fig.axes[0].get_lines()}
+    assert sorted(lines) == ["top1", "top10", "top5", "wrong-top1", "wrong-top10", "wrong-top5"]
+    np.testing.assert_allclose(lines["top10"].get_ydata(), table["transcript_top10_S"])
+    np.testing.assert_allclose(lines["wrong-top5"].get_ydata(), np.full(4, 0.05))

@@ -12,7 +12,7 @@ from .gap import decomposition_lines, gap_scatter, item_distributions
 from .interventions import calibration_bars, edit_layer_curves, intervention_bars, redundancy_curve
 from .layers import bootstrap_band, layer_curves
 from .probes import probe_curves
-from .lens import lens_strata_curves, redundancy_entropy_curves
+from .lens import lens_strata_curves, redundancy_entropy_curves, transcript_curves
 from .style import save
 from .synchrony import synchrony_curves
 
@@ -20,4 +20,4 @@ __all__ = ["accuracy_bars", "attention_dispersion", "base_layer_agreement", "boo
            "cka_heatmap", "cka_small_multiples", "decomposition_lines", "edit_layer_curves", "gap_scatter",
            "intervention_bars", "item_distributions", "layer_curves", "lens_strata_curves", "path_stats",
            "probe_curves", "redundancy_curve", "redundancy_entropy_curves", "save", "similarity_heatmap",
-           "synchrony_curves"]
+           "synchrony_curves", "transcript_curves"]

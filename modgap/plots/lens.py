@@ -57,3 +57,26 @@ def redundancy_entropy_curves(lens: pd.DataFrame, style: Mapping | None = None) 
         axes[0].set_ylabel("Norm. entropy (text)")
         figure_legend(fig)
     return fig
+
+
+def transcript_curves(tables: Mapping[str, pd.DataFrame], style: Mapping | None = None) -> Figure:
+    """Implicit transcription per layer: the fraction of spoken words whose first token is in the logit lens's top 1,
+    5 and 10 somewhere in the word's speech span (solid), and the same for a wrong word at those positions (dotted,
+    the control). One panel per model. tables: model -> the metrics stage's transcript table (layer,
+    transcript_top{k}_S, transcript_wrong_top{k}_S)."""
+    models = order_models(tables)
+    with styled(style):
+        fig = new_figure(DOUBLE_COLUMN, 2.6)
+        axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+        for ax, model in zip(axes, models):
+            table = tables[model].sort_values("layer")
+            for j, k in enumerate((1, 5, 10)):
+                ax.plot(table["layer"], table[f"transcript_top{k}_S"], "-", color=SERIES_COLORS[j],
+                        label=f"top {k}", gid=f"top{k}")
+                ax.plot(table["layer"], table[f"transcript_wrong_top{k}_S"], ":", color=SERIES_COLORS[j],
+                        gid=f"wrong-top{k}")
+            ax.set_title(model, loc="left")
+            ax.set_xlabel("Layer")
+        axes[0].set_ylabel("Words found (speech)")
+        figure_legend(fig)
+    return fig

@@ -13,7 +13,7 @@ import pandas as pd
 from . import (accuracy_bars, attention_dispersion, base_layer_agreement, calibration_bars, cka_heatmap,
                cka_small_multiples, decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars,
                item_distributions, layer_curves, lens_strata_curves, path_stats, probe_curves, redundancy_curve,
-               redundancy_entropy_curves, save, similarity_heatmap, synchrony_curves)
+               redundancy_entropy_curves, save, similarity_heatmap, synchrony_curves, transcript_curves)
 
 FORMATS = ("png", "pdf")
 
@@ -111,6 +111,11 @@ def plot_interventions(conditions_csv: str | Path, redundancy_csv: str | Path, o
 def plot_lens_strata(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:
     """Lens margin and entropy by outcome stratum, one row per model (`tables`: model -> lens_strata.csv)."""
     _save(lens_strata_curves({m: pd.read_csv(p) for m, p in tables.items()}, style=style), out)
+
+
+def plot_transcript(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:
+    """Implicit transcription per layer beside its wrong-word control (`tables`: model -> transcript.csv)."""
+    _save(transcript_curves({m: pd.read_csv(p) for m, p in tables.items()}, style=style), out)
 
 
 def plot_redundancy_lens(lens_csv: str | Path, out: str | Path, style: dict) -> None:
