@@ -66,8 +66,13 @@ def transcript_curves(tables: Mapping[str, pd.DataFrame], style: Mapping | None 
     transcript_top{k}_S, transcript_wrong_top{k}_S)."""
     models = order_models(tables)
     with styled(style):
-        fig = new_figure(DOUBLE_COLUMN, 2.6)
-        axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+        ncols = min(4, len(models))
+        nrows = -(-len(models) // ncols)
+        fig = new_figure(DOUBLE_COLUMN, 2.2 * nrows + 0.4)
+        grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+        for ax in grid.flat[len(models):]:
+            ax.remove()
+        axes = list(grid.flat[: len(models)])
         for ax, model in zip(axes, models):
             table = tables[model].sort_values("layer")
             for j, k in enumerate((1, 5, 10)):
@@ -75,8 +80,9 @@ def transcript_curves(tables: Mapping[str, pd.DataFrame], style: Mapping | None 
                         label=f"top {k}", gid=f"top{k}")
                 ax.plot(table["layer"], table[f"transcript_wrong_top{k}_S"], ":", color=SERIES_COLORS[j],
                         gid=f"wrong-top{k}")
-            ax.set_title(model, loc="left")
+            ax.set_title(model, loc="left", fontsize="small")
             ax.set_xlabel("Layer")
-        axes[0].set_ylabel("Words found (speech)")
+        for row in grid:
+            row[0].set_ylabel("Words found (speech)")
         figure_legend(fig)
     return fig
