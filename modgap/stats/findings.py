@@ -43,6 +43,16 @@ def item_bootstrap(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, f
     return float(lo), float(hi)
 
 
+def item_mean_row(claim: str, model: str, statistic: str, per_item: np.ndarray, n_boot: int, seed: int,
+                  control: str, source: str) -> dict:
+    """A findings row for the mean of per-item values [n] (NaN skipped) against a control of 0: the item-bootstrap
+    interval, the finite items counted, one checkpoint."""
+    lo, hi = item_bootstrap(per_item, n_boot, seed)
+    return {"claim": claim, "model": model, "statistic": statistic, "value": float(np.nanmean(per_item)),
+            "ci_lo": lo, "ci_hi": hi, "n_items": int(np.isfinite(per_item).sum()), "n_checkpoints": 1,
+            "control": control, "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": source}
+
+
 def stability_verdict(lowest: float) -> str:
     """Stable when the lowest agreement reaches `STABLE_AGREEMENT`."""
     return "stable" if lowest >= STABLE_AGREEMENT else f"unstable (< {STABLE_AGREEMENT})"
@@ -76,18 +86,14 @@ def path_findings(items: pd.DataFrame, n_boot: int, seed: int, first_layer: int 
         for path in ("argmax", "dtw"):
             best = int(g.groupby("layer")[f"gt_hit_{path}"].mean().idxmax())
             at = g[g["layer"] == best]
-            lift = at[f"gt_lift_{path}"].to_numpy(float)
-            lo, hi = item_bootstrap(lift, n_boot, seed)
-            rows.append({
-                "claim": f"{path} path lands inside the true word more often than a time-proportional path "
-                         f"(best layer {best}, chosen post hoc)",
-                "model": model, "statistic": "mean lift (hit rate - proportional hit rate)",
-                "value": float(np.nanmean(lift)), "ci_lo": lo, "ci_hi": hi, "n_items": int(at["id"].nunique()),
-                "n_checkpoints": 1,
-                "control": f"time-proportional path hit rate {at['gt_hit_proportional'].mean():.3f}; random path "
-                           f"{at['gt_hit_random_expected'].mean():.3f}; learned {at[f'gt_hit_{path}'].mean():.3f}",
-                "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": "metrics items.parquet",
-            })
+            rows.append(item_mean_row(
+                f"{path} path lands inside the true word more often than a time-proportional path "
+                f"(best layer {best}, chosen post hoc)",
+                model, "mean lift (hit rate - proportional hit rate)", at[f"gt_lift_{path}"].to_numpy(float),
+                n_boot, seed,
+                f"time-proportional path hit rate {at['gt_hit_proportional'].mean():.3f}; random path "
+                f"{at['gt_hit_random_expected'].mean():.3f}; learned {at[f'gt_hit_{path}'].mean():.3f}",
+                "metrics items.parquet"))
     return rows
 
 
@@ -216,16 +222,12 @@ def gap_findings(items: pd.DataFrame, n_boot: int, seed: int) -> list[dict]:
     rows = []
     for model, g in items.groupby("model", sort=False):
         answers = g.groupby("id")[["correct_S", "correct_T"]].first()
-        per_item = 100.0 * (answers["correct_T"] - answers["correct_S"]).to_numpy(float)
-        lo, hi = item_bootstrap(per_item, n_boot, seed)
-        rows.append({
-            "claim": "the model answers worse from speech than from text (the modality gap)", "model": model,
-            "statistic": "gap, points (text minus speech accuracy)", "value": float(per_item.mean()), "ci_lo": lo,
-            "ci_hi": hi, "n_items": len(answers), "n_checkpoints": 1,
-            "control": f"text {100 * answers['correct_T'].mean():.1f}, speech {100 * answers['correct_S'].mean():.1f}"
-                       " (same items)",
-            "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": "metrics items.parquet",
-        })
+        rows.append(item_mean_row(
+            "the model answers worse from speech than from text (the modality gap)", model,
+            "gap, points (text minus speech accuracy)",
+            100.0 * (answers["correct_T"] - answers["correct_S"]).to_numpy(float), n_boot, seed,
+            f"text {100 * answers['correct_T'].mean():.1f}, speech {100 * answers['correct_S'].mean():.1f} (same items)",
+            "metrics items.parquet"))
     return rows
 
 
@@ -257,20 +259,16 @@ def attention_findings(items: pd.DataFrame, n_boot: int, seed: int) -> list[dict
     attn_span_len_{S,T} (NaN at layer 0)."""
     rows = []
     for model, g in items.groupby("model", sort=False):
-        diff = (layer_mean(g, "attn_entropy_S") - layer_mean(g, "attn_entropy_T")).to_numpy(float)
-        lo, hi = item_bootstrap(diff, n_boot, seed)
         uniform = {c: uniform_dispersion(g.groupby("id")[f"attn_span_len_{c}"].first().to_numpy())["cov_frac"].mean()
                    for c in "ST"}
-        rows.append({
-            "claim": "the decision position's attention over the speech span is more dispersed than over the text span",
-            "model": model, "statistic": "normalised entropy, speech minus text span (layer mean)",
-            "value": float(np.nanmean(diff)), "ci_lo": lo, "ci_hi": hi, "n_items": int(np.isfinite(diff).sum()),
-            "n_checkpoints": 1,
-            "control": f"uniform attention: entropy 1 on both spans; Cov_0.90 fraction speech "
-                       f"{layer_mean(g, 'attn_cov90_frac_S').mean():.3f} (uniform {uniform['S']:.3f}), text "
-                       f"{layer_mean(g, 'attn_cov90_frac_T').mean():.3f} (uniform {uniform['T']:.3f})",
-            "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": "metrics items.parquet",
-        })
+        rows.append(item_mean_row(
+            "the decision position's attention over the speech span is more dispersed than over the text span",
+            model, "normalised entropy, speech minus text span (layer mean)",
+            (layer_mean(g, "attn_entropy_S") - layer_mean(g, "attn_entropy_T")).to_numpy(float), n_boot, seed,
+            f"uniform attention: entropy 1 on both spans; Cov_0.90 fraction speech "
+            f"{layer_mean(g, 'attn_cov90_frac_S').mean():.3f} (uniform {uniform['S']:.3f}), text "
+            f"{layer_mean(g, 'attn_cov90_frac_T').mean():.3f} (uniform {uniform['T']:.3f})",
+            "metrics items.parquet"))
     return rows
 
 
@@ -318,19 +316,14 @@ def transcript_findings(items: pd.DataFrame, transcripts: Mapping[str, pd.DataFr
             continue
         best = table.loc[table["transcript_top10_S"].idxmax()]
         at = items[(items["model"] == model) & (items["layer"] == best["layer"])]
-        diff = (at["transcript_top10_S"] - at["transcript_wrong_top10_S"]).to_numpy(float)
-        lo, hi = item_bootstrap(diff, n_boot, seed)
-        rows.append({
-            "claim": f"speech states carry their words' tokens in the logit lens (best layer {int(best['layer'])}, "
-                     f"chosen post hoc; top-10 fraction reaches {best['level']:g} at layer {best['emergence_layer']:g})",
-            "model": model, "statistic": "top-10 fraction, spoken word minus wrong word",
-            "value": float(np.nanmean(diff)), "ci_lo": lo, "ci_hi": hi, "n_items": int(np.isfinite(diff).sum()),
-            "n_checkpoints": 1,
-            "control": f"wrong-word top-10 fraction {best['transcript_wrong_top10_S']:.3f} (spoken "
-                       f"{best['transcript_top10_S']:.3f}); wrong-word emergence layer "
-                       f"{best['emergence_layer_wrong']:g}",
-            "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": "metrics transcript.csv",
-        })
+        rows.append(item_mean_row(
+            f"speech states carry their words' tokens in the logit lens (best layer {int(best['layer'])}, "
+            f"chosen post hoc; top-10 fraction reaches {best['level']:g} at layer {best['emergence_layer']:g})",
+            model, "top-10 fraction, spoken word minus wrong word",
+            (at["transcript_top10_S"] - at["transcript_wrong_top10_S"]).to_numpy(float), n_boot, seed,
+            f"wrong-word top-10 fraction {best['transcript_wrong_top10_S']:.3f} (spoken "
+            f"{best['transcript_top10_S']:.3f}); wrong-word emergence layer {best['emergence_layer_wrong']:g}",
+            "metrics transcript.csv"))
     return rows
 
 
@@ -343,16 +336,12 @@ def synchrony_findings(items: pd.DataFrame, n_boot: int, seed: int) -> list[dict
     for model, g in items.groupby("model", sort=False):
         shuffled = layer_mean(g, "sync_shuffled")
         for column, pairing in (("sync_dtw", "DTW"), ("sync_truth", "true-word")):
-            diff = (layer_mean(g, column) - shuffled).to_numpy(float)
-            lo, hi = item_bootstrap(diff, n_boot, seed)
-            rows.append({
-                "claim": f"speech and text states on {pairing} pairs update in the same direction layer to layer",
-                "model": model, "statistic": "update cosine minus shuffled pairs (layer mean)",
-                "value": float(np.nanmean(diff)), "ci_lo": lo, "ci_hi": hi, "n_items": int(np.isfinite(diff).sum()),
-                "n_checkpoints": 1,
-                "control": f"shuffled pairs {shuffled.mean():.3f}, {pairing} pairs {layer_mean(g, column).mean():.3f}",
-                "control_value": 0.0, "verdict": interval_verdict(lo, hi), "source": "metrics items.parquet",
-            })
+            rows.append(item_mean_row(
+                f"speech and text states on {pairing} pairs update in the same direction layer to layer",
+                model, "update cosine minus shuffled pairs (layer mean)",
+                (layer_mean(g, column) - shuffled).to_numpy(float), n_boot, seed,
+                f"shuffled pairs {shuffled.mean():.3f}, {pairing} pairs {layer_mean(g, column).mean():.3f}",
+                "metrics items.parquet"))
     return rows
 
 
