@@ -9,21 +9,15 @@ import numpy as np
 import pytest
 import torch
 import tiny_models as tiny
-from test_interventions import corpus_table
+from tiny_stores import tiny_store
 
-from conftest import defaults
 from modgap.corpus.items import Item
-from modgap.corpus.lab_world import generate_lab
-from modgap.corpus.table import read_rows
 from modgap.metrics.stage import layer_readouts
 from modgap.models import load_adapter
-from modgap.states.options import StatesOptions
 from modgap.states.readouts import Seen
 from modgap.states.readouts.attention import (AttentionDispersion, dispersion, span_dispersion,
                                                  uniform_dispersion)
 from modgap.states.spine import forward
-from modgap.states.stage import dump_states
-from modgap.states.store import StoreReader
 
 ITEMS = [Item("a", "arithmetic", "what is five plus ten", ["fifteen", "twelve"], 0),
          Item("b", "arithmetic", "which number is just after one", ["two", "three", "four"], 1),
@@ -89,12 +83,7 @@ def test_rows_under_sdpa_equal_eager_attention(build, tok, tmp_path):
 
 def test_stored_fields(tmp_path, tok):
     """The states pass stores the readout per item: per block [L+1] (block 0 NaN) and the span length."""
-    lab = generate_lab(0, 0, 0, 3)
-    rows = read_rows(corpus_table(lab["test"], tmp_path / "audio"))
-    adapter = load_adapter("qwen2_audio", tiny.build_qwen2_audio(tmp_path / "m", tok, 4), device="cpu")
-    options = StatesOptions.from_config(defaults("states", batch_items=2, readouts=["attention"]))
-    dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", options, "tiny")
-    store = StoreReader(tmp_path / "s.zarr")
+    rows, adapter, store = tiny_store(tmp_path, batch_items=2, readouts=["attention"])
     assert store.readout_fields["attn_span_len"] == () and store.readout_fields["attn_max"] == (adapter.n_layers + 1,)
     for cond in ("S", "T"):
         n = store.readout(cond, "attn_span_len")

@@ -21,7 +21,7 @@ from modgap.models import (
     option_texts,
     positions_to_words,
 )
-from modgap.models.base import normalized
+from modgap.models.base import Inputs, SpeechLM, normalized
 from modgap.models.granite_speech import log_mel
 from modgap.models.hooks import hooked
 
@@ -193,12 +193,17 @@ BATCH = [
 ]
 
 
+
+def batch_prompts(adapter: SpeechLM, condition: str) -> list[Inputs]:
+    """The BATCH items' cloze prompts in `condition` (S: noise recordings of the listed lengths)."""
+    return [adapter.speech_inputs(it, tiny.noise(sec, seed=k), "cloze") if condition == "S"
+            else adapter.text_inputs(it, "cloze") for k, (it, sec) in enumerate(BATCH)]
+
 @pytest.mark.parametrize("family", list(tiny.BUILDERS))
 @pytest.mark.parametrize("condition", ["S", "T"])
 def test_batched_prefill_equals_unbatched(family, condition, adapters):
     a = adapters[family]
-    xs = [a.speech_inputs(it, tiny.noise(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
-          for k, (it, sec) in enumerate(BATCH)]
+    xs = batch_prompts(a, condition)
     assert len({len(x.span) for x in xs}) == len(xs)  # Voxtral S pads each to whole windows, all others left-pad
     for b, x, (it, _) in zip(a.prefill_batch(xs, hidden=True), xs, BATCH):
         s = a.prefill(x, hidden=True)
@@ -379,8 +384,7 @@ def test_load_run_asks_with_the_runs_prompt(paths):
 def test_prefill_projects_only_the_last_position(family, condition, adapters):
     """The head sees one position per prompt, and the next-token log-probs equal the model's full forward's."""
     a = adapters[family]
-    xs = [a.speech_inputs(it, tiny.noise(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
-          for k, (it, sec) in enumerate(BATCH)]
+    xs = batch_prompts(a, condition)
     if condition == "S" and not a.batch_audio:
         xs = xs[:1]
     seen = []

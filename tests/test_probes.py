@@ -7,19 +7,13 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import torch
-import tiny_models as tiny
-from test_interventions import corpus_table
+from tiny_stores import tiny_store
 
 from conftest import defaults
-from modgap.corpus.lab_world import generate_lab
-from modgap.corpus.table import read_rows
 from modgap.metrics.probes import (CONDITIONS, PROBES, ProbesOptions, held_out_predictions, make_probe, probe_table,
                                    run_probes)
-from modgap.models import load_adapter
 from modgap.states import spine
-from modgap.states.options import StatesOptions
-from modgap.states.stage import dump_states
-from modgap.states.store import CondBatch, StoreReader, StoreWriter
+from modgap.states.store import CondBatch, StoreWriter
 
 OPTIONS = ProbesOptions.from_config(defaults("probes"))
 N, LAYERS, D = 200, 2, 4
@@ -67,13 +61,7 @@ def test_decision_state_is_the_hook_point_state_at_the_last_position(tmp_path):
     """The stored field equals spine.forward(decision=True)'s states, and the model's own hidden states at the
     prompt's last position: output_hidden_states for layers < L, and at L after the final norm (which
     output_hidden_states applies to its last state)."""
-    lab = generate_lab(0, 0, 0, 3)
-    rows = read_rows(corpus_table(lab["test"], tmp_path / "audio"))
-    adapter = load_adapter("qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
-                           device="cpu")
-    options = StatesOptions.from_config(defaults("states", batch_items=2, readouts=["decision"]))
-    dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", options, "tiny")
-    store = StoreReader(tmp_path / "s.zarr")
+    rows, adapter, store = tiny_store(tmp_path, batch_items=2, readouts=["decision"])
     L, d = adapter.n_layers, adapter.hidden_size
     assert store.readout_fields == {"decision_state": (L + 1, d)}
     for cond in ("S", "T"):

@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 import torch
 import tiny_models as tiny
-from test_interventions import corpus_table
+from tiny_stores import tiny_store
 
-from conftest import defaults
-from modgap.corpus.lab_world import generate_lab
-from modgap.corpus.table import read_rows
 from modgap.models import load_adapter, option_texts
 from modgap.states import readouts
-from modgap.states.options import StatesOptions
 from modgap.states.readouts.lens import lens_margin_entropy
-from modgap.states.stage import dump_states
-from modgap.states.store import StoreReader
 
 
 def test_planted_margin_and_entropy():
@@ -48,13 +42,7 @@ def test_registry_refuses_unknown_names_and_needs():
 
 def test_stored_lens_at_the_last_layer_is_the_scored_distribution(tmp_path):
     """The store's lens fields at layer L equal margin and entropy of the prefill's own next-token log-probs."""
-    lab = generate_lab(0, 0, 0, 4)
-    rows = read_rows(corpus_table(lab["test"], tmp_path / "audio"))
-    adapter = load_adapter("qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
-                           device="cpu")
-    options = StatesOptions.from_config(defaults("states", batch_items=3))
-    dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", options, "tiny")
-    store = StoreReader(tmp_path / "s.zarr")
+    rows, adapter, store = tiny_store(tmp_path, 4, batch_items=3)
     assert store.readout_fields == {"lens_margin": (adapter.n_layers + 1,), "lens_entropy": (adapter.n_layers + 1,)}
     for cond in ("S", "T"):
         margin, entropy = store.readout(cond, "lens_margin"), store.readout(cond, "lens_entropy")
@@ -103,13 +91,7 @@ def test_transcript_rigged_head_reads_the_true_word_at_one_layer(tmp_path):
 
 def test_stored_transcript_fields(tmp_path):
     """The states pass stores fractions in [0, 1] per layer for S and NaN for T."""
-    lab = generate_lab(0, 0, 0, 3)
-    rows = read_rows(corpus_table(lab["test"], tmp_path / "audio"))
-    adapter = load_adapter("qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
-                           device="cpu")
-    options = StatesOptions.from_config(defaults("states", batch_items=3, readouts=["transcript"]))
-    dump_states(adapter, rows, "cloze", tmp_path / "s.zarr", options, "tiny")
-    store = StoreReader(tmp_path / "s.zarr")
+    rows, adapter, store = tiny_store(tmp_path, batch_items=3, readouts=["transcript"])
     top10, wrong = store.readout("S", "transcript_top10"), store.readout("S", "transcript_wrong_top10")
     assert top10.shape == (len(rows), adapter.n_layers + 1)
     assert ((top10 >= 0) & (top10 <= 1)).all() and ((wrong >= 0) & (wrong <= 1)).all()
