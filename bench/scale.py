@@ -66,12 +66,12 @@ def stage_states(n_items: int, shard: int, work: Path, model: str, table: str) -
     import torch
 
     from modgap.config import default_section
-    from modgap.plan import ModelRun
+    from modgap.plan import model_run
     from modgap.states.options import StatesOptions
     from modgap.states.stage import run_shard
 
     torch.set_num_threads(1)
-    run = ModelRun("bench", "qwen2_audio", model, device="cpu")
+    run = model_run("bench", "qwen2_audio", model, device="cpu", dtype="float32")
     states = StatesOptions.from_config(default_section("states", shard_items=n_items))
     out = store_path(work, n_items, shard)
     shutil.rmtree(out, ignore_errors=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from modgap.checkpoints import parse_model
-from modgap.config import PROMPT_KEYS
+from modgap.config import PROMPT_KEYS, validate_config
 from modgap.paths import LAB, SHIPPED
 
 
@@ -24,12 +24,12 @@ class ModelRun:
     name: str
     family: str
     path: str
-    dtype: str = "float32"
-    device: str = "auto"
-    attn_implementation: str | None = None
-    long_audio: str = "reject"
+    dtype: str
+    device: str
+    attn_implementation: str | None
+    long_audio: str
+    device_map: str | None
     lab_strategy: str | None = None
-    device_map: str | None = None
     system: str | None = None
     instruction: dict[str, str | None] = field(default_factory=dict)
     cue: str = ""
@@ -55,6 +55,14 @@ def expand_models(models: dict, prompts: dict, lab_checkpoints: dict[str, str]) 
             if strategy in spec["lab"]:
                 runs[name] = ModelRun(name, path=folder, lab_strategy=strategy, **options)
     return runs
+
+
+def model_run(name: str, family: str, path: str, **entry: object) -> ModelRun:
+    """The run of one `models` entry {family, path, **entry} with its schema defaults and its family's prompt
+    filled in, as the workflow would build it (for library callers: tests, benchmarks)."""
+    cfg = validate_config({"datasets": {"lab": {"source": "lab"}},
+                           "models": {name: {"family": family, "path": path, **entry}}})
+    return expand_models(cfg["models"], cfg["prompts"], {})[name]
 
 
 def shard_rows(n_items: int, shard_items: int, max_items: int | None, shard: int) -> slice:

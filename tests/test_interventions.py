@@ -81,7 +81,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def granite(tmp_path_factory):
     return load_adapter("granite_speech", str(tiny.build_granite(tmp_path_factory.mktemp("g"), tiny.tiny_tokenizer())),
-                        device="cpu")
+                         device="cpu", dtype="float32")
 
 
 def speech(adapter, rows):
@@ -568,15 +568,15 @@ def test_report_layouts():
 
 def test_stage_shard_skips_calibration_without_a_calib_split_and_gathers_tables(tmp_path, caplog):
     from modgap.interventions.stage import TABLES, gather, run_shard
-    from modgap.plan import ModelRun
+    from modgap.plan import model_run
 
     lab = generate_lab(0, 0, 3, 4)
     tables = {}
     for split in ("test", "calib"):
         table = corpus_table(lab[split], tmp_path / "audio").assign(style="cloze")
         table.to_parquet(tables.setdefault(split, tmp_path / f"{split}.parquet"))
-    run = ModelRun("tiny", "qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
-                   device="cpu")
+    run = model_run("tiny", "qwen2_audio", str(tiny.build_qwen2_audio(tmp_path / "m", tiny.tiny_tokenizer(), 4)),
+                    device="cpu", dtype="float32")
     states = StatesOptions.from_config(defaults("states", shard_items=4))
     section = interventions_options(layers=[0], ops=["angle"], select=["all"], calibration=["input"], redundancy=[1],
                                     calib_items=3, batch_items=4)

@@ -368,11 +368,11 @@ def test_prompt_ids_render_system_instruction_and_cue(paths, tok):
 
 def test_load_run_asks_with_the_runs_prompt(paths):
     from modgap.models import load_run
-    from modgap.plan import ModelRun
+    from modgap.plan import model_run
 
     system = "Knowledge Cutoff Date: April 2024.\nToday's Date: April 9, 2025.\nYou are Granite."
-    run = ModelRun("g", "granite_speech", paths["granite_speech"], device="cpu", system=system,
-                   instruction={"letter": "\nAnswer with a letter."}, cue="Answer:")
+    run = model_run("g", "granite_speech", str(paths["granite_speech"]), device="cpu", dtype="float32", system=system,
+                    instruction={"letter": "\nAnswer with a letter."}, cue="Answer:")
     t = load_run(run).text_inputs(ITEM, "letter")
     assert t.text == (f"<|start_of_role|>system<|end_of_role|>{system}<|end_of_text|>\n<|start_of_role|>user"
                       f"<|end_of_role|>{spoken_text(ITEM, 'letter')}\nAnswer with a letter.<|end_of_text|>\n"

@@ -106,14 +106,14 @@ def test_store_fingerprint_holds_the_rendered_prompts(setup, tmp_path, monkeypat
     """run_shard's config hash moves with the system prompt, instruction and cue, and with the rendered prompt ids
     alone (a chat template or tokenizer change), so a dump never resumes onto items asked another way."""
     from modgap.models.base import SpeechLM
-    from modgap.plan import ModelRun
+    from modgap.plan import model_run
     from modgap.states.stage import run_shard
 
     tmp, _, _ = setup
     spec = spec_of(layers=[0], max_items=1)
 
     def config_hash(name, **prompt):
-        run = ModelRun("tiny", "qwen2_audio", str(tmp / "model"), device="cpu", **prompt)
+        run = model_run("tiny", "qwen2_audio", str(tmp / "model"), device="cpu", dtype="float32", **prompt)
         run_shard(run, tmp / "items.parquet", 0, spec, tmp_path / f"{name}.zarr")
         return StoreReader(tmp_path / f"{name}.zarr").manifest["config_hash"]
 
