@@ -9,6 +9,8 @@ from modgap.plan import shard_count
 CORPUS = "results/corpus/{dataset}/{split}"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
+KV_MERGE = config["interventions"]["kv_merge"]["enabled"]
+DECISION_TABLES = KV_MERGE or "attention" in config["states"]["readouts"]  # P2's Table 2 and 5 types
 
 
 def dataset_spec(dataset):
@@ -98,7 +100,8 @@ def optional_metrics(name, enabled):
 
 
 def stats_targets():
-    return [f"{STATS}/{name}".format(dataset=d, voice=v) for name in ("headline.json", "findings.csv")
+    names = ["headline.json", "findings.csv"] + ["decision_tables.md"] * bool(DECISION_TABLES)
+    return [f"{STATS}/{name}".format(dataset=d, voice=v) for name in names
             for d in states_datasets() for v in voices(d, "test")]
 
 

@@ -61,3 +61,27 @@ rule findings:
         "../envs/modgap.yaml"
     script:
         "../scripts/findings.py"
+
+
+rule decision_tables:
+    input:
+        metrics=expand(f"{METRICS}/items.parquet", model=MODELS, allow_missing=True),
+        interventions=lambda wc: [f"{INTERVENTIONS}/{t}.csv".format(**wc) for t in ("controls", "conditions")]
+        if KV_MERGE else [],
+    output:
+        **({"attention": f"{STATS}/attention.csv"} if "attention" in config["states"]["readouts"] else {}),
+        **({"kv_merge": f"{STATS}/kv_merge.csv"} if KV_MERGE else {}),
+        markdown=report(f"{STATS}/decision_tables.md", caption="../workflow/report/decision_tables.rst",
+                        category="Decision"),
+    params:
+        models=list(MODELS),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    log:
+        f"{LOGS}/decision_tables/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/decision_tables.py"

@@ -172,4 +172,8 @@ def test_released_checkpoint_study_plans_no_lab_rule(tmp_path):
     assert jobs["plot_redundancy_lens"] == 1
     write_config(tmp_path, {**config, "states": {"readouts": ["lens", "transcript"]}})
     assert planned_jobs(tmp_path)["transcript_layers"] == 1
+    assert "decision_tables" not in jobs  # neither P2 table's analysis is on by default
+    write_config(tmp_path, {**config, "states": {"readouts": ["lens", "attention"]},
+                            "interventions": {"kv_merge": {"enabled": True, "layers": [0, 1]}}})
+    assert planned_jobs(tmp_path)["decision_tables"] == 1
     assert not [rule for rule in jobs if rule.startswith("lab_")]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from modgap.stats import analysis as stats
-from modgap.stats import findings
+from modgap.stats import decision_tables, findings
 from modgap.stats.options import StatsOptions
 from modgap.tables import to_markdown
 from modgap.atomic import write_csv, write_text
@@ -140,3 +140,22 @@ def run_findings(metrics: dict[str, dict[str, str | Path]], fits: str | Path, lo
     write_text(f"# Findings, each next to its control\n\n{to_markdown(table)}\n", out["markdown"])
     log.info("%d findings written to %s", len(table), out["csv"])
     return table
+
+
+def run_decision_tables(tables: dict[str, str | Path], interventions: dict[str, str | Path] | None,
+                        out: dict[str, str | Path]) -> None:
+    """Write P2's Table 2 and Table 5 types (`modgap.stats.decision_tables`): `out["attention"]` when the metrics
+    items carry the attention readout, `out["kv_merge"]` from the interventions' controls and conditions when given
+    (each CSV), and both in `out["markdown"]`."""
+    items = gather(tables)
+    markdown = [f"# Decision dynamics: {items['model'].nunique()} checkpoints, {items['id'].nunique()} items\n"]
+    if "attention" in out:
+        attention = decision_tables.attention_table(items)
+        write_csv(attention, out["attention"])
+        markdown.append(f"## Attention dispersion of the decision position (P2 Table 2 type)\n\n{to_markdown(attention)}\n")
+    if "kv_merge" in out:
+        merges = decision_tables.kv_merge_table(pd.read_csv(interventions["controls"]),
+                                                pd.read_csv(interventions["conditions"]))
+        write_csv(merges, out["kv_merge"])
+        markdown.append(f"## KV token merging (P2 Table 5 type)\n\n{to_markdown(merges)}\n")
+    write_text("\n".join(markdown), out["markdown"])
