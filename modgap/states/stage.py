@@ -28,7 +28,7 @@ from modgap.states.store import CondBatch, StoreReader, StoreWriter, predictions
 
 
 def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], outcomes: list[Outcome],
-                    layers: list[int], times, readouts: dict[str, np.ndarray], ragged: set[str] = frozenset()
+                    layers: list[int], times, readouts: dict[str, np.ndarray], ragged: Collection[str] = ()
                     ) -> CondBatch:
     """Pack per-item inputs, span states [L+1, n, d], outcomes and readout fields (those named in `ragged`: per
     item rows) into one CondBatch over `layers`."""

@@ -344,7 +344,8 @@ class StoreWriter:
         for f, shape in fields.items():
             rows = [np.asarray(r, np.float32) for r in given[f]]
             if len(rows) != B or any(r.shape[1:] != tuple(shape) for r in rows):
-                raise ValueError(f"{cond}.ragged.{f}: shapes {[r.shape for r in rows]}, expected {B} x [rows, *{shape}]")
+                raise ValueError(f"{cond}.ragged.{f}: shapes {[r.shape for r in rows]}, expected {B} x "
+                                 f"[rows, *{shape}]")
             out |= {f"ragged/{f}/values": np.concatenate(rows).reshape(-1, *shape),
                     f"ragged/{f}/lengths": np.array([len(r) for r in rows], np.int64)}
         return out
@@ -366,8 +367,8 @@ class StoreWriter:
             b["item"] = (n0 + np.repeat(np.arange(len(ids)), b["lengths"])).astype(np.int32)
             self._offsets[c] = np.concatenate([self._offsets[c], self._offsets[c][-1] + np.cumsum(b["lengths"])])
             for f in self.setup["ragged"]:
-                o = self._ragged_offsets[f"{c}/ragged/{f}"]
-                self._ragged_offsets[f"{c}/ragged/{f}"] = np.concatenate([o, o[-1] + np.cumsum(b[f"ragged/{f}/lengths"])])
+                o = self._ragged_offsets[name := f"{c}/ragged/{f}"]
+                self._ragged_offsets[name] = np.concatenate([o, o[-1] + np.cumsum(b[f"ragged/{f}/lengths"])])
             self._pending[c].append(b.pop("hidden"))
             flushed |= self._flush(c, final=False)
         self._rows.append((ids, batches))

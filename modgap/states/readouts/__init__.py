@@ -3,11 +3,11 @@
 A readout says what it `needs` from the forward ("decision_states": the hook-point state of every layer at the
 decision position, the prompt's last; "span_states": `output_hidden_states` over the question span; "attention_rows":
 the decision position's attention weights in every block, `modgap.models.attention`), which per-item
-`fields` it returns and their shapes, and computes them from a `Seen`; a readout may also return `ragged_fields`,
-per-position detail of variable length (e.g. [n, *shape] over the span), kept only for the few `heatmap_ids` items
-the figures draw (`states.attention_heatmap_items`) and stored in `{cond}/ragged/{field}`. The spine (`modgap.states.spine.run`) runs
-the model once per condition and batch and calls every enabled readout; the states stage writes their fields into the
-store (`{cond}/readouts/{field}`); the metrics stage turns per-layer fields into item-metric columns
+`fields` it returns and their shapes, and computes them from a `Seen`; it may also return `ragged_fields`, detail
+of variable length per item (e.g. [n, *shape] over the span), kept only for the few `heatmap_ids` items the figures
+draw (`states.attention_heatmap_items`). The spine (`modgap.states.spine.run`) runs the model once per condition and
+batch and calls every enabled readout; the states stage writes their fields into the store (`{cond}/readouts/{field}`,
+ragged ones in `{cond}/ragged/{field}`); the metrics stage turns per-layer fields into item-metric columns
 (`{field}_{cond}`), which the stats and plots stages read like any other metric.
 
 To add one: a module here with a `Readout` subclass decorated by `register`, and its import below.
@@ -15,8 +15,8 @@ To add one: a module here with a `Readout` subclass decorated by `register`, and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
