@@ -156,6 +156,8 @@ def figure_targets():
     ] + [f"{FIGURES}/lens_strata.png"] * ("lens" in config["states"]["readouts"])
     per_voice += [f"{FIGURES}/{name}.png" for name in ("probes", "probes_flipped") if config["probes"]["enabled"]]
     per_voice += [f"{FIGURES}/attention.png"] if "attention" in config["states"]["readouts"] else []
+    per_voice += ([f"{FIGURES}/attention_rows/{m}.png" for m in MODELS]
+                  if "attention" in config["states"]["readouts"] and config["states"]["attention_heatmap_items"] else [])
     per_voice += [f"{FIGURES}/transcript.png"] if "transcript" in config["states"]["readouts"] else []
     per_voice += [f"{FIGURES}/cka/{m}_{kind}.png" for m in MODELS for kind in ("biased", "unbiased", "grid")]
     per_voice += [f"{FIGURES}/heatmaps/{m}/{stem}.png" for m in heatmap_models()

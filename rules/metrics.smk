@@ -52,6 +52,24 @@ rule metrics_heatmaps:
         "../scripts/metrics_heatmaps.py"
 
 
+rule metrics_attention_rows:
+    input:
+        stores=shard_stores,
+        table=lambda wc: CORPUS_TABLE.format(dataset=wc.dataset, split="test", voice=wc.voice),
+    output:
+        f"{METRICS}/attention_rows.npz",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    log:
+        f"{LOGS}/metrics_attention_rows/{{model}}/{{dataset}}/{{voice}}.log",
+    conda:
+        "../envs/modgap.yaml"
+    script:
+        "../scripts/metrics_attention_rows.py"
+
+
 rule probes:
     input:
         stores=shard_stores,

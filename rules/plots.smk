@@ -58,6 +58,17 @@ use rule plot_accuracy as plot_attention with:
         f"{LOGS}/plots/attention/{{dataset}}/{{voice}}.log",
 
 
+use rule plot_accuracy as plot_attention_rows with:
+    input:
+        f"{METRICS}/attention_rows.npz",
+    output:
+        figure(f"{FIGURES}/attention_rows/{{model}}", "fig_attention_rows", "Decision", "{model}"),
+    params:
+        style=PLOT_STYLE,
+    log:
+        f"{LOGS}/plots/attention_rows/{{dataset}}/{{voice}}/{{model}}.log",
+
+
 use rule plot_accuracy as plot_base_layers with:
     input:
         expand(f"{METRICS}/base_layers.csv", model=MODELS, allow_missing=True),

@@ -20,6 +20,8 @@ with logged(snakemake.log[0]):
             stage.plot_probes(list(i), stems, p.style)
         case "plot_attention":
             stage.plot_attention(dict(zip(p.models, i)), stem(o), p.options)
+        case "plot_attention_rows":
+            stage.plot_attention_rows(i[0], snakemake.wildcards.model, stem(o), p.style)
         case "plot_base_layers":
             stage.plot_base_layers(dict(zip(p.models, i)), stem(o), p.style)
         case "plot_gap":

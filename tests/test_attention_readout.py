@@ -60,7 +60,7 @@ def test_rows_under_sdpa_equal_eager_attention(build, tok, tmp_path):
     sdpa = load_adapter(family, path, device="cpu")
     eager = load_adapter(family, path, device="cpu", attn_implementation="eager")
     assert sdpa.model.config.get_text_config()._attn_implementation == "sdpa"
-    readout = AttentionDispersion()
+    readout = AttentionDispersion(heatmap_ids={"a", "c"})  # b keeps no rows
     for cond in ("S", "T"):
         inputs = [sdpa.speech_inputs(it, tiny.noise(0.6 + 0.5 * k, seed=k), "cloze") if cond == "S"
                   else sdpa.text_inputs(it, "cloze") for k, it in enumerate(ITEMS)]
@@ -79,11 +79,31 @@ def test_rows_under_sdpa_equal_eager_attention(build, tok, tmp_path):
                 assert np.isnan(fields[field][g, 0])
                 np.testing.assert_allclose(fields[field][g, 1:], want[key].numpy(), atol=1e-5, err_msg=field)
             assert fields["attn_span_len"][g] == len(x.span)
+            rows = fields["attn_rows"][g]  # [n, L+1, heads]: the eager rows over the span, renormalised over it
+            if ITEMS[g].id == "b":
+                assert rows.shape == (0, ref.shape[0] + 1, ref.shape[1])
+                continue
+            span = ref[:, :, x.span]
+            assert np.isnan(rows[:, 0]).all()
+            np.testing.assert_allclose(rows[:, 1:], (span / span.sum(-1, keepdim=True)).permute(2, 0, 1).numpy(),
+                                       atol=1e-5)
 
 
 def test_stored_fields(tmp_path, tok):
-    """The states pass stores the readout per item: per block [L+1] (block 0 NaN) and the span length."""
-    rows, adapter, store = tiny_store(tmp_path, batch_items=2, readouts=["attention"])
+    """The states pass stores the readout per item: per block [L+1] (block 0 NaN) and the span length; and the rows
+    of the heatmap items only, whose per-head maxima average to the stored max summary."""
+    rows, adapter, store = tiny_store(tmp_path, heatmap_rows=(0, 2), batch_items=2, readouts=["attention"])
+    heatmap = [rows[0].id, rows[2].id]
+    heads = adapter.model.config.get_text_config().num_attention_heads
+    assert store.ragged_fields == {"attn_rows": (adapter.n_layers + 1, heads)}
+    for cond in ("S", "T"):
+        n = store.readout(cond, "attn_span_len")
+        kept = store.ragged_items(cond, "attn_rows")
+        assert [store.items[i] for i in np.flatnonzero(kept)] == heatmap and (kept[kept > 0] == n[kept > 0]).all()
+        for i in np.flatnonzero(kept):
+            a = store.ragged(cond, "attn_rows", i)  # [n, L+1, heads]
+            np.testing.assert_allclose(a[:, 1:].sum(0), 1, rtol=1e-5)
+            np.testing.assert_allclose(a[:, 1:].max(0).mean(-1), store.readout(cond, "attn_max")[i, 1:], rtol=1e-5)
     assert store.readout_fields["attn_span_len"] == () and store.readout_fields["attn_max"] == (adapter.n_layers + 1,)
     for cond in ("S", "T"):
         n = store.readout(cond, "attn_span_len")

@@ -64,9 +64,11 @@ def test_store_holds_span_states_scores_and_word_indices(setup, tmp_path):
 
 
 def test_resumed_dump_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    """Also the attention rows of heatmap items before and after the kill (items 0 and 3), and of no other item."""
     _, rows, adapter = setup
-    spec = spec_of(batch_items=2)
-    dump_states(adapter, rows, "cloze", tmp_path / "full.zarr", spec, "tiny")
+    spec = spec_of(batch_items=2, readouts=["lens", "attention"])
+    heatmap = [rows[0].id, rows[3].id]
+    dump_states(adapter, rows, "cloze", tmp_path / "full.zarr", spec, "tiny", heatmap_ids=heatmap)
     real_prefill = adapter.prefill_batch
     calls = {"n": 0}
 
@@ -78,14 +80,16 @@ def test_resumed_dump_equals_uninterrupted(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(adapter, "prefill_batch", dying_prefill)
     with pytest.raises(KeyboardInterrupt):
-        dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny")
+        dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny", heatmap_ids=heatmap)
     assert not (tmp_path / "resumed.zarr").exists() and (tmp_path / "resumed.zarr.partial").exists()
     monkeypatch.setattr(adapter, "prefill_batch", real_prefill)
-    dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny")
+    dump_states(adapter, rows, "cloze", tmp_path / "resumed.zarr", spec, "tiny", heatmap_ids=heatmap)
     a, b = StoreReader(tmp_path / "full.zarr"), StoreReader(tmp_path / "resumed.zarr")
     for i in range(len(rows)):
         for c in ("S", "T"):
             assert torch.equal(a.hidden(c, i), b.hidden(c, i))
+            np.testing.assert_array_equal(a.ragged(c, "attn_rows", i), b.ragged(c, "attn_rows", i))
+            assert (len(b.ragged(c, "attn_rows", i)) > 0) == (i in (0, 3))
     pd.testing.assert_frame_equal(a.items_table(), b.items_table())
 
 
@@ -125,6 +129,23 @@ def test_store_fingerprint_holds_the_rendered_prompts(setup, tmp_path, monkeypat
     real = SpeechLM.prompt_ids
     monkeypatch.setattr(SpeechLM, "prompt_ids", lambda self, style: {**real(self, style), "T": [0]})
     assert config_hash("template") != bare
+
+
+def test_heatmap_rows_of_the_first_items_of_shard_0(setup, tmp_path):
+    """states.attention_heatmap_items: the first N rows of shard 0 keep their attention rows; other shards none."""
+    from modgap.plan import ModelRun
+    from modgap.states.stage import run_shard
+
+    tmp, rows, _ = setup
+    spec = spec_of(layers=[0], shard_items=3, readouts=["attention"], attention_heatmap_items=2)
+    run = ModelRun("tiny", "qwen2_audio", str(tmp / "model"), device="cpu")
+    kept = {}
+    for shard in (0, 1):
+        run_shard(run, tmp / "items.parquet", shard, spec, tmp_path / f"{shard}.zarr")
+        r = StoreReader(tmp_path / f"{shard}.zarr")
+        kept[shard] = [r.items[i] for i in np.flatnonzero(r.ragged_items("S", "attn_rows"))]
+        assert list(r.ragged_items("S", "attn_rows") > 0) == list(r.ragged_items("T", "attn_rows") > 0)
+    assert kept == {0: [rows[0].id, rows[1].id], 1: []}
 
 
 def test_bad_layer_and_empty_shard(setup, tmp_path):

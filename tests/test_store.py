@@ -15,12 +15,14 @@ from modgap.states.store import (CondBatch, CorruptStoreError, StoreReader, Stor
                           estimate_bytes, predictions_table, responses_table)
 
 LAYERS, D, P = [0, 3, 5], 8, 16  # P positions per chunk: small, so that items straddle chunks
+ROW_SHAPE, ROW_ITEMS = (2, 3), 3  # a ragged field: [positions, 2, 3] rows for the first 3 items only
 SETUP = dict(model="tiny", layers=LAYERS, d=D, n_options=4, config_hash="abc", extra={"shard": 0},
              positions_per_chunk=P)
 
 
 def make_items(n: int, seed: int = 0, dtype: torch.dtype = torch.float32, d: int = D) -> list[dict]:
-    """Random items: S has 5-24 positions with time spans and words, T 1-9 tokens with words."""
+    """Random items: S has 5-24 positions with time spans and words, T 1-9 tokens with words; the first ROW_ITEMS
+    items have ragged rows [positions, *ROW_SHAPE], the others none."""
     g = torch.Generator().manual_seed(seed)
     items = []
     for i in range(n):
@@ -29,7 +31,8 @@ def make_items(n: int, seed: int = 0, dtype: torch.dtype = torch.float32, d: int
             t = int(torch.randint(lo, hi, (), generator=g))
             it[c] = {"h": (torch.randn(len(LAYERS), t, d, generator=g) * 3).to(dtype), "seq": np.arange(t) + 7,
                      "word": np.arange(t) // 2, "start_ms": np.arange(t) * 40 if c == "S" else None,
-                     "end_ms": np.arange(t) * 40 + 40 if c == "S" else None}
+                     "end_ms": np.arange(t) * 40 + 40 if c == "S" else None,
+                     "rows": torch.rand(t if i < ROW_ITEMS else 0, *ROW_SHAPE, generator=g).numpy()}
         items.append(it)
     return items
 
@@ -46,7 +49,8 @@ def append(w: StoreWriter, items: list[dict], batch: int = 3) -> None:
                               [x["correct"] for x in its], np.stack([np.pad(x["loglik"], (0, 4 - len(x["loglik"])),
                                                                             constant_values=np.nan) for x in its]),
                               word=cat([x[c]["word"] for x in its]), start_ms=cat([x[c]["start_ms"] for x in its]),
-                              end_ms=cat([x[c]["end_ms"] for x in its])) for c in "ST"}
+                              end_ms=cat([x[c]["end_ms"] for x in its]),
+                              ragged={f: [x[c]["rows"] for x in its] for f in w.setup["ragged"]}) for c in "ST"}
         w.append([x["id"] for x in its], conds)
 
 
@@ -132,7 +136,8 @@ def test_chunk_size_realistic(tmp_path):
     assert not (tmp_path / "big.zarr").exists()
 
 
-RESUME_KW = {"bitround_bits": 7}  # re-encoding the reloaded head chunk must be idempotent too
+RESUME_KW = {"bitround_bits": 7,  # re-encoding the reloaded head chunk must be idempotent too
+             "ragged": {"rows": ROW_SHAPE}}  # rows of the first items, committed with their items
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +183,25 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, uninterrupted, failu
     w2.close()
     assert not w2.partial.exists()
     assert files(path) == files(ref)  # byte for byte, hence array by array
+
+
+def test_ragged_fields_of_a_few_items(tmp_path):
+    """A ragged field holds each item's own rows (none beyond the first ROW_ITEMS) and refuses a wrong row shape."""
+    items = make_items(8)
+    r = write(tmp_path / "s.zarr", items, ragged={"rows": ROW_SHAPE})
+    assert r.ragged_fields == {"rows": ROW_SHAPE}
+    for c in "ST":
+        assert list(r.ragged_items(c, "rows")) == [x[c]["h"].shape[1] if i < ROW_ITEMS else 0
+                                                  for i, x in enumerate(items)]
+        for i, it in enumerate(items):
+            np.testing.assert_array_equal(r.ragged(c, "rows", i), it[c]["rows"])
+    assert write(tmp_path / "none.zarr", items).ragged_fields == {}
+    with pytest.raises(KeyError, match="no ragged field 'other'"):
+        r.ragged("S", "other", 0)
+    w = StoreWriter(tmp_path / "bad.zarr", **SETUP, ragged={"rows": ROW_SHAPE}, background=False)
+    items[0]["S"]["rows"] = np.zeros((4, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="S.ragged.rows: shapes"):
+        append(w, items[:1])
 
 
 def test_store_of_skipped_items_only(tmp_path):

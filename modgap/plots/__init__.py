@@ -4,7 +4,7 @@ Every figure function takes a `style` dict of rcParams (applied over `style.BASE
 files, and returns a pyplot-free `Figure`; `save(fig, paths)` writes it (PNG, PDF) atomically.
 """
 from .accuracy import accuracy_bars
-from .attention import attention_dispersion
+from .attention import attention_dispersion, attention_rows_figure
 from .alignment import path_stats, similarity_heatmap
 from .base_layers import base_layer_agreement
 from .cka import cka_heatmap, cka_small_multiples
@@ -16,7 +16,7 @@ from .lens import lens_strata_curves, redundancy_entropy_curves, transcript_curv
 from .style import save
 from .synchrony import synchrony_curves
 
-__all__ = ["accuracy_bars", "attention_dispersion", "base_layer_agreement", "bootstrap_band", "calibration_bars",
+__all__ = ["accuracy_bars", "attention_dispersion", "attention_rows_figure", "base_layer_agreement", "bootstrap_band", "calibration_bars",
            "cka_heatmap", "cka_small_multiples", "decomposition_lines", "edit_layer_curves", "gap_scatter",
            "intervention_bars", "item_distributions", "layer_curves", "lens_strata_curves", "path_stats",
            "probe_curves", "redundancy_curve", "redundancy_entropy_curves", "save", "similarity_heatmap",

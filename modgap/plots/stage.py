@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import (accuracy_bars, attention_dispersion, base_layer_agreement, calibration_bars, cka_heatmap,
-               cka_small_multiples, decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars,
+from . import (accuracy_bars, attention_dispersion, attention_rows_figure, base_layer_agreement, calibration_bars,
+               cka_heatmap, cka_small_multiples, decomposition_lines, edit_layer_curves, gap_scatter, intervention_bars,
                item_distributions, layer_curves, lens_strata_curves, path_stats, probe_curves, redundancy_curve,
                redundancy_entropy_curves, save, similarity_heatmap, synchrony_curves, transcript_curves)
 
@@ -56,6 +56,11 @@ def plot_attention(tables: Mapping[str, str | Path], out: str | Path, options: d
     """The decision position's attention dispersion per layer, S vs T (the states readout `attention`)."""
     _save(attention_dispersion(metric_items(tables), n_boot=options["bootstrap"], seed=options["seed"],
                                style=options["style"]), out)
+
+
+def plot_attention_rows(npz: str | Path, model: str, out: str | Path, style: dict) -> None:
+    """The heatmap items' decision attention rows of one model (a `modgap.metrics.attention_rows` file)."""
+    _save(attention_rows_figure(np.load(npz), title=model, style=style), out)
 
 
 def plot_base_layers(tables: Mapping[str, str | Path], out: str | Path, style: dict) -> None:

@@ -20,7 +20,8 @@ class Decoding:
 @dataclass(frozen=True)
 class StatesOptions(StageOptions):
     """datasets (None = all), layers ("all" or layer indices, 0 = input embeddings), store dtype, optional BitRound
-    bits, option-score normalisation, items per shard and per forward, an item cap, the readouts to run, how multiple
+    bits, option-score normalisation, items per shard and per forward, an item cap, the readouts to run (and for how
+many of the first items the attention readout keeps its rows), how multiple
     choice is scored and how answers are generated."""
 
     section: ClassVar[str] = "states"
@@ -34,6 +35,7 @@ class StatesOptions(StageOptions):
     batch_items: int
     max_items: int | None
     readouts: tuple[str, ...]
+    attention_heatmap_items: int
     scoring: Literal["loglik", "generate"]
     decoding: Decoding
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ from modgap.states.store import CondBatch, StoreReader, StoreWriter, predictions
 
 
 def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], outcomes: list[Outcome],
-                    layers: list[int], times, readouts: dict[str, np.ndarray]) -> CondBatch:
-    """Pack per-item inputs, span states [L+1, n, d], outcomes and readout fields into one CondBatch over `layers`."""
+                    layers: list[int], times, readouts: dict[str, np.ndarray], ragged: Collection[str] = ()
+                    ) -> CondBatch:
+    """Pack per-item inputs, span states [L+1, n, d], outcomes and readout fields (those named in `ragged`: per
+    item rows) into one CondBatch over `layers`."""
     spans = [times(x) for x in inputs]
     return CondBatch(
         hidden=torch.cat([h[layers] for h in hidden], dim=1),
@@ -43,7 +46,8 @@ def condition_batch(inputs: list[Inputs], hidden: list[torch.Tensor], outcomes: 
         word=np.concatenate([x.words if x.words is not None else np.full(len(x.span), -1) for x in inputs]),
         start_ms=np.concatenate([t[:, 0] for t in spans]),
         end_ms=np.concatenate([t[:, 1] for t in spans]),
-        readouts=readouts,
+        readouts={k: v for k, v in readouts.items() if k not in ragged},
+        ragged={k: v for k, v in readouts.items() if k in ragged},
     )
 
 
@@ -56,20 +60,22 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | Path, options: StatesOptions,
-                model_id: str, config_hash: str = "") -> pd.DataFrame:
-    """Run S and T for every row, write the store at `out_path` and return its predictions table.
+                model_id: str, config_hash: str = "", heatmap_ids: Collection[str] = ()) -> pd.DataFrame:
+    """Run S and T for every row, write the store at `out_path` and return its predictions table. The readouts'
+    ragged fields (the attention rows) are kept for the items `heatmap_ids` only.
 
     A row the spine skips is recorded in the store with its reason; when every row is skipped the store holds no
     item. A killed run leaves `<out_path>.partial`; calling again resumes with the rows not yet committed (skipped
     rows are met, and recorded, again).
     """
     layers = options.stored_layers(adapter.n_layers, model_id)
-    readouts = readout_registry.enabled(options.readouts)
+    readouts = readout_registry.enabled(options.readouts, heatmap_ids)
+    ragged = readout_registry.field_shapes(readouts, adapter, ragged=True)
     writer = StoreWriter(
         out_path, model=model_id, layers=layers, d=adapter.hidden_size,
         n_options=max([1, *(len(r.item.choices) for r in rows)]), dtype=options.dtype, bitround_bits=options.bitround_bits,
         config_hash=config_hash, extra={"style": style, "norm": options.norm, "family": adapter.family, "n_layers": adapter.n_layers},
-        readouts=readout_registry.field_shapes(readouts, adapter),
+        readouts=readout_registry.field_shapes(readouts, adapter), ragged=ragged,
     )
     times = {"S": lambda x: adapter.position_times_ms(len(x.span)), "T": lambda x: np.full((len(x.span), 2), -1.0)}
     with writer:
@@ -86,7 +92,7 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
                 outcomes = [outcome(adapter, p, it, style, options.norm, r)
                             for p, it, r in zip(fwd.prefills, batch.items, batch.responses[c])]
                 conds[c] = condition_batch(fwd.inputs, [p.hidden for p in fwd.prefills], outcomes, layers, times[c],
-                                           batch.readouts[c])
+                                           batch.readouts[c], set(ragged))
             writer.append([it.id for it in batch.items], conds)
     return predictions_table(StoreReader(out_path))
 
@@ -105,14 +111,17 @@ def accuracy_table(predictions: pd.DataFrame, n_skipped: int = 0, **labels: str)
 def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: StatesOptions, out_path: str | Path,
               device: str | None = None) -> pd.DataFrame:
     """Dump one shard of a corpus items table for one model. `device` overrides `run.device` and is not part of
-    the store's config hash, so a killed dump resumes on another GPU; the rendered prompts are (`prompt_ids`)."""
+    the store's config hash, so a killed dump resumes on another GPU; the rendered prompts are (`prompt_ids`). The
+    heatmap items are the first `attention_heatmap_items` rows of shard 0 (the first test items)."""
     rows, style = read_shard(items_table, shard, options.shard_items, options.max_items)
     adapter = load_run(run, device)
     # the items too: a killed dump resumes only onto the same rows (a rebuilt corpus starts over)
     items = [(r.id, r.audio, r.spans.tolist()) for r in rows]
     fingerprint = [run.to_dict(), as_dict(options), items, adapter.prompt_ids(style)]
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-    return dump_states(adapter, rows, style, out_path, options, run.name, config_hash=digest[:12])
+    heatmap_ids = [r.id for r in rows[: options.attention_heatmap_items]] if shard == 0 else []
+    return dump_states(adapter, rows, style, out_path, options, run.name, config_hash=digest[:12],
+                       heatmap_ids=heatmap_ids)
 
 
 def write_tables(stores: list[str], labels: dict, predictions_out: str | Path, accuracy_out: str | Path,

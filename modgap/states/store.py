@@ -14,6 +14,10 @@ Layout (cond: each condition the writer is given, S and T by default; shapes in 
                                             unparsed ("" where none)
   {cond}/readouts/{field}                   [items, *shape] float32: each readout field of `modgap.states.readouts`
                                             (the manifest's `readouts` maps field -> per-item shape); NaN where none
+  {cond}/ragged/{field}/values              [rows, *shape] float32: each ragged readout field (the manifest's
+                                            `ragged` maps field -> per-row shape), kept for a few items only, e.g.
+                                            the attention readout's `attn_rows` [n, L+1, heads] of the heatmap items
+  {cond}/ragged/{field}/offsets             [items+1] int64: item i owns rows offsets[i]:offsets[i+1] (none: equal)
 Group attributes: the manifest, `n_done` (items committed) and `complete`; a complete store's `skipped` lists the
 items left out, each {id, condition, reason} (`StoreWriter.skip`). Every chunk ends in a crc32c.
 One job must own the whole group: zarr has no locks, and two writers in one chunk silently lose data.
@@ -104,6 +108,7 @@ class CondBatch:
     score: Any = None  # [B] in [0, 1], NaN unscored; None: `correct` (multiple choice)
     response: Sequence[str] | None = None  # [B] generated answers, "" where none; None: none at all
     reason: Sequence[str] | None = None  # [B] why unscored or unparsed, "" where nothing to say
+    ragged: dict[str, Sequence[Any]] | None = None  # field -> B arrays [rows_b, *shape] (rows_b may be 0)
 
 
 @contextlib.contextmanager
@@ -178,7 +183,8 @@ class StoreWriter:
                  conds: Sequence[str] = ("S", "T"), dtype: str = "float16", bitround_bits: int | None = None,
                  zstd_level: int | None = 1, config_hash: str = "", extra: dict | None = None,
                  positions_per_chunk: int | None = None, background: bool = True,
-                 readouts: dict[str, Sequence[int]] | None = None) -> None:
+                 readouts: dict[str, Sequence[int]] | None = None, ragged: dict[str, Sequence[int]] | None = None
+                 ) -> None:
         if dtype not in DTYPES or (bitround_bits is not None and (dtype == "bfloat16" or zstd_level is None)):
             raise ValueError(f"dtype {dtype!r}, bitround_bits {bitround_bits}, zstd_level {zstd_level}: BitRound "
                              "needs float16 or float32, and zstd to gain anything")
@@ -190,11 +196,13 @@ class StoreWriter:
                       "layers": [int(x) for x in layers], "d": d, "n_options": n_options, "conds": self.conds,
                       "dtype": dtype, "bitround_bits": bitround_bits, "zstd_level": zstd_level,
                       "chunk_positions": positions_per_chunk or chunk_positions(d, dtype),
-                      "readouts": {k: [int(x) for x in v] for k, v in (readouts or {}).items()}}
+                      "readouts": {k: [int(x) for x in v] for k, v in (readouts or {}).items()},
+                      "ragged": {k: [int(x) for x in v] for k, v in (ragged or {}).items()}}
         self.item_fields = ITEM_FIELDS + tuple(f"readouts/{k}" for k in self.setup["readouts"])
         self._pending: dict[str, list[np.ndarray]] = {c: [] for c in conds}  # hidden [layers, n, d] not flushed
         self._base = dict.fromkeys(conds, 0)  # hidden positions flushed, a multiple of chunk_positions
         self._offsets = {c: np.zeros(1, np.int64) for c in conds}  # of every item appended
+        self._ragged_offsets = {f"{c}/ragged/{f}": np.zeros(1, np.int64) for c in conds for f in self.setup["ragged"]}
         self._rows: list[tuple[list[str], dict[str, dict[str, np.ndarray]]]] = []  # metadata not yet written
         self._n_rows = 0  # items whose metadata is written
         self._skipped: dict[str, dict[str, str]] = {}  # item id -> {id, condition, reason}
@@ -226,6 +234,9 @@ class StoreWriter:
                       f"{c}/loglik": ((0, k), (ITEM_CHUNK, k), np.float32, np.nan),
                       **{f"{c}/readouts/{f}": ((0, *shape), (readout_chunk(shape), *shape), np.float32, np.nan)
                          for f, shape in self.setup["readouts"].items()}}
+            for f, shape in self.setup["ragged"].items():
+                specs |= {f"{c}/ragged/{f}/values": ((0, *shape), (readout_chunk(shape), *shape), np.float32, np.nan),
+                          f"{c}/ragged/{f}/offsets": ((1,), (ITEM_CHUNK,), np.int64, 0)}
         self._group = g = zarr.open_group(self.partial, mode="w",
                                           attributes={**self.setup, "n_done": 0, "complete": False})
         bits, bf16, level = self.setup["bitround_bits"], self.dtype == "bfloat16", self.setup["zstd_level"]
@@ -254,6 +265,8 @@ class StoreWriter:
             end = int(self._offsets[c][-1])
             self._base[c] = end // P * P
             self._pending[c] = [self._arrays[f"{c}/hidden"][:, self._base[c]:end]]
+        for name in self._ragged_offsets:
+            self._ragged_offsets[name] = self._arrays[f"{name}/offsets"][: n + 1]
         self._truncate(n)
         return n
 
@@ -268,6 +281,9 @@ class StoreWriter:
                 _resize(a[f"{c}/{f}"], 0, int(self._offsets[c][n]))
             for f in self.item_fields:
                 _resize(a[f"{c}/{f}"], 0, n)
+        for name, offsets in self._ragged_offsets.items():
+            _resize(a[f"{name}/offsets"], 0, n + 1)
+            _resize(a[f"{name}/values"], 0, int(offsets[n]))
 
     def _n(self) -> int:
         return len(self._offsets[self.conds[0]]) - 1
@@ -311,12 +327,28 @@ class StoreWriter:
             if readouts[f"readouts/{f}"].shape != (B, *shape):
                 raise ValueError(f"{cond}.readouts.{f}: shape {readouts[f'readouts/{f}'].shape}, expected {(B, *shape)}")
         return {"hidden": h.view(torch.int16).numpy().view(np.uint16) if self.dtype == "bfloat16" else h.numpy(),
-                **readouts,
+                **readouts, **self._ragged(cond, b.ragged or {}, B),
                 "lengths": lengths, "loglik": loglik, "pred": _np(b.pred, B, np.int16, f"{cond}.pred"),
                 "correct": _np(b.correct, B, np.int8, f"{cond}.correct"),
                 "score": _score(b, B, cond),
                 **{f: _texts(getattr(b, f), B, f"{cond}.{f}") for f in TEXT_FIELDS},
                 **{f: _np(getattr(b, f), N, np.int32, f"{cond}.{f}") for f in POS_FIELDS[1:]}}
+
+    def _ragged(self, cond: str, given: dict[str, Sequence[Any]], B: int) -> dict[str, np.ndarray]:
+        """Validate the ragged fields of a batch: per field its rows packed item after item ([rows, *shape]) and
+        the rows per item ([B])."""
+        fields = self.setup["ragged"]
+        if sorted(given) != sorted(fields):
+            raise ValueError(f"{cond}.ragged: fields {sorted(given)}, expected {sorted(fields)}")
+        out = {}
+        for f, shape in fields.items():
+            rows = [np.asarray(r, np.float32) for r in given[f]]
+            if len(rows) != B or any(r.shape[1:] != tuple(shape) for r in rows):
+                raise ValueError(f"{cond}.ragged.{f}: shapes {[r.shape for r in rows]}, expected {B} x "
+                                 f"[rows, *{shape}]")
+            out |= {f"ragged/{f}/values": np.concatenate(rows).reshape(-1, *shape),
+                    f"ragged/{f}/lengths": np.array([len(r) for r in rows], np.int64)}
+        return out
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -334,6 +366,9 @@ class StoreWriter:
         for c, b in batches.items():
             b["item"] = (n0 + np.repeat(np.arange(len(ids)), b["lengths"])).astype(np.int32)
             self._offsets[c] = np.concatenate([self._offsets[c], self._offsets[c][-1] + np.cumsum(b["lengths"])])
+            for f in self.setup["ragged"]:
+                o = self._ragged_offsets[name := f"{c}/ragged/{f}"]
+                self._ragged_offsets[name] = np.concatenate([o, o[-1] + np.cumsum(b[f"ragged/{f}/lengths"])])
             self._pending[c].append(b.pop("hidden"))
             flushed |= self._flush(c, final=False)
         self._rows.append((ids, batches))
@@ -365,6 +400,11 @@ class StoreWriter:
                     _put(a[f"{c}/{f}"], int(self._offsets[c][n0]), rows[f])
                 for f in self.item_fields:
                     _put(a[f"{c}/{f}"], n0, rows[f])
+                for f in self.setup["ragged"]:
+                    offsets = self._ragged_offsets[name := f"{c}/ragged/{f}"]
+                    _put(a[f"{name}/offsets"], n0 + 1, offsets[n0 + 1:])
+                    _put(a[f"{name}/values"], int(offsets[n0]),
+                         np.concatenate([b[c][f"ragged/{f}/values"] for _, b in self._rows]))
             self._rows, self._n_rows = [], self._n()
         done = min(int(np.searchsorted(o, self._base[c], side="right")) - 1 for c, o in self._offsets.items())
         self._group.update_attributes({"n_done": done})
@@ -484,6 +524,26 @@ class StoreReader:
         if field not in self.readout_fields:
             raise KeyError(f"{self.path}: no readout field {field!r} (stored: {sorted(self.readout_fields)})")
         return self._read(f"{cond}/readouts/{field}", ())
+
+    @property
+    def ragged_fields(self) -> dict[str, tuple[int, ...]]:
+        """Ragged readout field -> per-row shape (none in stores written before ragged fields existed)."""
+        return {k: tuple(v) for k, v in self.manifest.get("ragged", {}).items()}
+
+    def _ragged_offsets(self, cond: str, field: str) -> np.ndarray:
+        if field not in self.ragged_fields:
+            raise KeyError(f"{self.path}: no ragged field {field!r} (stored: {sorted(self.ragged_fields)})")
+        return self._read(f"{cond}/ragged/{field}/offsets", ())
+
+    def ragged_items(self, cond: str, field: str) -> np.ndarray:
+        """`[items]` rows each item holds of a ragged field (0: none)."""
+        return np.diff(self._ragged_offsets(cond, field))
+
+    def ragged(self, cond: str, field: str, item: int) -> np.ndarray:
+        """`[rows, *shape]` float32 rows of one item in a ragged field (no rows for an item that kept none)."""
+        self._span(cond, item)  # IndexError naming the item when out of range
+        offsets = self._ragged_offsets(cond, field)
+        return self._read(f"{cond}/ragged/{field}/values", (slice(int(offsets[item]), int(offsets[item + 1])),))
 
     def loglik(self, cond: str) -> np.ndarray:
         """`[items, n_options]` option log-likelihoods, NaN where an item has fewer options."""

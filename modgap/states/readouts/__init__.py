@@ -3,9 +3,11 @@
 A readout says what it `needs` from the forward ("decision_states": the hook-point state of every layer at the
 decision position, the prompt's last; "span_states": `output_hidden_states` over the question span; "attention_rows":
 the decision position's attention weights in every block, `modgap.models.attention`), which per-item
-`fields` it returns and their shapes, and computes them from a `Seen`. The spine (`modgap.states.spine.run`) runs
-the model once per condition and batch and calls every enabled readout; the states stage writes their fields into the
-store (`{cond}/readouts/{field}`); the metrics stage turns per-layer fields into item-metric columns
+`fields` it returns and their shapes, and computes them from a `Seen`; it may also return `ragged_fields`, detail
+of variable length per item (e.g. [n, *shape] over the span), kept only for the few `heatmap_ids` items the figures
+draw (`states.attention_heatmap_items`). The spine (`modgap.states.spine.run`) runs the model once per condition and
+batch and calls every enabled readout; the states stage writes their fields into the store (`{cond}/readouts/{field}`,
+ragged ones in `{cond}/ragged/{field}`); the metrics stage turns per-layer fields into item-metric columns
 (`{field}_{cond}`), which the stats and plots stages read like any other metric.
 
 To add one: a module here with a `Readout` subclass decorated by `register`, and its import below.
@@ -13,6 +15,7 @@ To add one: a module here with a `Readout` subclass decorated by `register`, and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,18 +52,27 @@ class Seen:
 
 
 class Readout(ABC):
-    """A per-item analysis of one forward; subclasses set `name` and `needs`, and implement `fields` and `__call__`."""
+    """A per-item analysis of one forward; subclasses set `name` and `needs`, and implement `fields` and `__call__`.
+    `heatmap_ids`: the items whose ragged fields hold rows (every other item gets none)."""
 
     name: ClassVar[str]
     needs: ClassVar[tuple[str, ...]]
+
+    def __init__(self, heatmap_ids: Collection[str] = ()) -> None:
+        self.heatmap_ids = frozenset(heatmap_ids)
 
     @abstractmethod
     def fields(self, adapter: SpeechLM) -> dict[str, tuple[int, ...]]:
         """Field name -> per-item shape, e.g. {"lens_margin": (L+1,)}."""
 
+    def ragged_fields(self, adapter: SpeechLM) -> dict[str, tuple[int, ...]]:
+        """Ragged field name -> per-row shape: an item has [rows, *shape] (none by default)."""
+        return {}
+
     @abstractmethod
-    def __call__(self, seen: Seen) -> dict[str, np.ndarray]:
-        """Field name -> [B, *shape] values for the B items of `seen`."""
+    def __call__(self, seen: Seen) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """Field name -> [B, *shape] values for the B items of `seen`; ragged field name -> B arrays [rows_b, *shape]
+        (no rows for an item outside `heatmap_ids`)."""
 
 
 REGISTRY: dict[str, type[Readout]] = {}
@@ -74,18 +86,19 @@ def register(cls: type[Readout]) -> type[Readout]:
     return cls
 
 
-def enabled(names: list[str] | tuple[str, ...]) -> list[Readout]:
-    """Instances of the named readouts; ValueError naming an unknown one."""
+def enabled(names: list[str] | tuple[str, ...], heatmap_ids: Collection[str] = ()) -> list[Readout]:
+    """Instances of the named readouts, keeping ragged rows for `heatmap_ids`; ValueError naming an unknown one."""
     if unknown := [n for n in names if n not in REGISTRY]:
         raise ValueError(f"config key states.readouts: unknown readout(s) {unknown} (known: {', '.join(REGISTRY)})")
-    return [REGISTRY[n]() for n in names]
+    return [REGISTRY[n](heatmap_ids) for n in names]
 
 
-def field_shapes(readouts: list[Readout], adapter: SpeechLM) -> dict[str, tuple[int, ...]]:
-    """Every field of `readouts` with its per-item shape; ValueError if two readouts write one field."""
+def field_shapes(readouts: list[Readout], adapter: SpeechLM, ragged: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every field of `readouts` with its per-item shape (`ragged`: every ragged field with its per-row shape);
+    ValueError if two readouts write one field."""
     shapes: dict[str, tuple[int, ...]] = {}
     for r in readouts:
-        for k, v in r.fields(adapter).items():
+        for k, v in (r.ragged_fields(adapter) if ragged else r.fields(adapter)).items():
             if k in shapes:
                 raise ValueError(f"readout {r.name}: field {k!r} is written by another readout too")
             shapes[k] = v

@@ -11,6 +11,9 @@ Each summary is the mean over heads of the per-head values. Index l of a field i
 (the block whose output is hook point l); index 0, the input embeddings, has no attention and is NaN.
 Control: a uniform row over the span gives Cov = ceil(0.9 n), max 1/n and entropy 1; `attn_span_len` stores n so
 the metrics and plots can put that baseline beside each item.
+For the few heatmap items (`heatmap_ids`) the ragged field `attn_rows` keeps the rows themselves: per span position
+[L+1, heads] (an item has [n, L+1, heads]), the same span-renormalised weights the summaries are taken of, index l
+block l and index 0 NaN as above.
 """
 from __future__ import annotations
 
@@ -52,6 +55,14 @@ def span_dispersion(rows: torch.Tensor, span: torch.Tensor) -> dict[str, torch.T
     return {k: v.mean(-1) for k, v in dispersion(rows[:, :, span.to(rows.device)]).items()}
 
 
+def span_rows(rows: torch.Tensor, span: torch.Tensor) -> np.ndarray:
+    """Decision rows [L, heads, T] of one prompt and its span [n] -> [n, L+1, heads] float32 weights renormalised
+    over the span, per block and head (block 0, the embeddings, NaN)."""
+    a = rows[:, :, span.to(rows.device)].double()
+    a = (a / a.sum(-1, keepdim=True)).float().permute(2, 0, 1).cpu().numpy()  # [n, L, heads]
+    return np.concatenate([np.full((a.shape[0], 1, a.shape[2]), np.nan, np.float32), a], axis=1)
+
+
 @register
 class AttentionDispersion(Readout):
     name = "attention"
@@ -60,9 +71,17 @@ class AttentionDispersion(Readout):
     def fields(self, adapter: SpeechLM) -> dict[str, tuple[int, ...]]:
         return {field: (adapter.n_layers + 1,) for field in FIELDS} | {"attn_span_len": ()}
 
-    def __call__(self, seen: Seen) -> dict[str, np.ndarray]:
+    def ragged_fields(self, adapter: SpeechLM) -> dict[str, tuple[int, ...]]:
+        return {"attn_rows": (adapter.n_layers + 1, adapter.model.config.get_text_config().num_attention_heads)}
+
+    def __call__(self, seen: Seen) -> dict[str, np.ndarray | list[np.ndarray]]:
         summaries = [span_dispersion(rows, x.span) for rows, x in zip(seen.attention, seen.inputs)]
-        out = {field: np.stack([np.concatenate([[np.nan], s[key].cpu().numpy()]) for s in summaries])
-               for field, key in FIELDS.items()}
+        out: dict[str, np.ndarray | list[np.ndarray]] = {
+            field: np.stack([np.concatenate([[np.nan], s[key].cpu().numpy()]) for s in summaries])
+            for field, key in FIELDS.items()}
         out["attn_span_len"] = np.array([len(x.span) for x in seen.inputs], np.float32)
+        row_shape = self.ragged_fields(seen.adapter)["attn_rows"]
+        out["attn_rows"] = [span_rows(rows, x.span) if it.id in self.heatmap_ids
+                            else np.empty((0, *row_shape), np.float32)
+                            for rows, x, it in zip(seen.attention, seen.inputs, seen.items)]
         return out
