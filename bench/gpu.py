@@ -282,7 +282,8 @@ def main() -> None:
     for key, value in (QUICK if args.quick else SIZES[device.type]["run"]).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    machine = torch.cuda.get_device_name() if cuda else f"CPU only ({os.cpu_count()} cores)"
+    load = os.getloadavg()[0]
+    machine = torch.cuda.get_device_name() if cuda else f"CPU only ({os.cpu_count()} cores, load {load:.0f})"
     date = datetime.date.today().isoformat()
     print(f"{machine}" + ("" if cuda else ": no GPU found, running the CPU parts at a small size")
           + f"; torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_average()}")
