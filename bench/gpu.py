@@ -15,7 +15,7 @@ part timed and printed as it goes; a part that fails prints its error and the ot
  (ii) metrics: the device's GEMM roofline (the fastest of a few large bf16 and fp32 matmuls), `cross_layer_cka`
       (float32) on synthetic aligned layers with its matmul FLOPs counted by `torch.utils.flop_counter`, as a
       fraction of the fp32 roofline; `batched_dtw` over all (item, layer) cosine matrices on the device against
-      the CPU.
+      the CPU (both in wall seconds).
 (iii) store: bench/store_write.py in a subprocess at the paper's state geometry (33 states x d=4096): its printout;
       its first MB/s figure is the writer's speed.
 Then the paper-scale projection (bench/scale.py) with the measured writer speed and, on a GPU, the measured forward
@@ -184,13 +184,14 @@ def part_metrics(args: argparse.Namespace, device: torch.device) -> Results:
     print(f"CKA {layers}x{layers} layers, n={n}, d={d}, float32: {seconds:.3f} s, {cka:.3g} TFLOP/s = "
           f"{cka / roof[torch.float32]:.2f} of the fp32 roofline")
     n_items, dtw_layers, dtw_d = size["dtw"]
+    cuda = device.type == "cuda"  # then both sides in wall seconds: CPU seconds would count every thread
     items = make_items(n_items, dtw_layers, dtw_d, seed=0)
     cpu = torch.device("cpu")
     dtw_s = {}
     for where in dict.fromkeys([device, cpu]):
         cos = [c for c, _ in similarities(items, where)]
         batched_dtw(cos[:2], None)  # warm-up
-        dtw_s[where.type] = timed(lambda: batched_dtw(cos, None), where, repeat=3)[0]
+        dtw_s[where.type] = timed(lambda: batched_dtw(cos, None), where, repeat=3, wall=cuda)[0]
     ratio = dtw_s["cpu"] / dtw_s[device.type]
     print(f"DTW {n_items} items x {dtw_layers} layers: " + ", ".join(f"{k} {v:.3f} s" for k, v in dtw_s.items())
           + (f", cpu/{device.type} = {ratio:.1f}x" if device.type != "cpu" else " (no GPU to compare)"))
@@ -209,13 +210,15 @@ def part_store(args: argparse.Namespace, device: torch.device) -> Results:
 
 PARTS: dict[str, Callable[[argparse.Namespace, torch.device], Results]] = {
     "states": part_states, "metrics": part_metrics, "store": part_store}
+FIELDS = {"states": ("model", "forward_tflops", "dump_ratio"), "metrics": ("gemm", "cka_roof", "dtw"),
+          "store": ("write_mb_s",)}  # the results each part returns
 
 
 # --- the row and the projection -------------------------------------------------------------------------------------
 
 def cell(results: Results, key: str, fmt: str) -> str:
-    """A table cell: the value formatted, or "failed" when its part failed."""
-    value = results.get(key, "failed")
+    """A table cell: the value formatted, or "-" when its part did not run."""
+    value = results.get(key, "-")
     return format(value, fmt) if isinstance(value, float) else str(value)
 
 
@@ -232,7 +235,8 @@ SECTION_HEAD = f"""{SECTION}
 parts at a small size (the model columns then describe a small model, not Qwen2-Audio-7B's widths). Model: decoder +
 encoder layers at width d. Forward: plain prefill TFLOP/s (bench/flops.py's count). Dump/forward: the whole
 `dump_states` over a plain forward. GEMM: bf16 / fp32 matmul TFLOP/s. CKA: `cross_layer_cka`'s TFLOP/s over the
-fp32 GEMM. DTW: `batched_dtw` CPU seconds over device seconds. Writer: bench/store_write.py's writer MB/s.
+fp32 GEMM. DTW: `batched_dtw`'s wall seconds on the CPU over those on the GPU. Writer: bench/store_write.py's
+writer MB/s. A part that was not run reads "-", one that failed "failed".
 
 | date | machine | model | forward TFLOP/s | dump/forward | GEMM TFLOP/s | CKA / GEMM | DTW cpu/gpu | writer MB/s |
 |---|---|---|---|---|---|---|---|---|
@@ -296,6 +300,7 @@ def main() -> None:
             results |= PARTS[name](args, device)
         except Exception:  # one part's failure must not lose the others' figures
             traceback.print_exc()
+            results |= dict.fromkeys(FIELDS[name], "failed")
             print(f"{name}: FAILED, going on")
         print(f"-- {name}: {time.perf_counter() - t0:.0f} s (total {time.perf_counter() - start:.0f} s)")
     projection(results, device, date, machine)
