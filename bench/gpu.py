@@ -124,6 +124,7 @@ def build_model(folder: Path, args: argparse.Namespace, device: torch.device) ->
 
 
 def part_states(args: argparse.Namespace, device: torch.device) -> Results:
+    """(i): the forward's TFLOP/s and the dump's time over the forward's."""
     with tempfile.TemporaryDirectory(prefix="modgap-gpu-") as tmp:
         t0 = time.perf_counter()
         adapter, g = build_model(Path(tmp), args, device)
@@ -162,14 +163,15 @@ def part_states(args: argparse.Namespace, device: torch.device) -> Results:
 # --- (ii) CKA against the GEMM roofline, DTW against the CPU --------------------------------------------------------
 
 def gemm_tflops(n: int, dtype: torch.dtype, device: torch.device) -> float:
-    """TFLOP/s of the fastest of 5 [n, n] x [n, n] matmuls in `dtype` (after a warm-up)."""
+    """TFLOP/s of [n, n] x [n, n] matmuls in `dtype`: the fastest of 5 runs of 10 back to back (after a warm-up)."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     a @ b
-    seconds, _ = timed(lambda: a @ b, device, repeat=5)
-    return 2 * n**3 / seconds / 1e12
+    seconds, _ = timed(lambda: [a @ b for _ in range(10)], device, repeat=5)
+    return 10 * 2 * n**3 / seconds / 1e12
 
 
 def part_metrics(args: argparse.Namespace, device: torch.device) -> Results:
+    """(ii): the GEMM roofline, CKA's fraction of it, DTW's CPU time over its device time."""
     size = SIZES[device.type]
     roof = {dt: gemm_tflops(size["gemm"], dt, device) for dt in (torch.bfloat16, torch.float32)}
     print(f"GEMM roofline ({size['gemm']}^3): bf16 {roof[torch.bfloat16]:.3g}, fp32 {roof[torch.float32]:.3g} "
@@ -202,6 +204,7 @@ def part_metrics(args: argparse.Namespace, device: torch.device) -> Results:
 # --- (iii) the store writer against the disk ------------------------------------------------------------------------
 
 def part_store(args: argparse.Namespace, device: torch.device) -> Results:
+    """(iii): bench/store_write.py's printout; its first MB/s figure (the writer alone) as the writer's speed."""
     cmd = [sys.executable, str(ROOT / "bench" / "store_write.py"), *SIZES[device.type]["store"]]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     print(out.rstrip())
