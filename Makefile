@@ -4,7 +4,7 @@ CORES ?= all
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: study figures report test lab-train clean-venv
+.PHONY: study figures report test bench-gpu lab-train clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# States dump, CKA, DTW and store writer on the GPU it finds (its CPU parts without one); appends a dated row to
+# bench/README.md. BENCH_FLAGS: e.g. --quick, --layers 16 (bench/gpu.py).
+bench-gpu: $(VENV)/.installed
+	$(PY) bench/gpu.py $(BENCH_FLAGS)
 
 # Retrain the lab model from scratch and re-export lab/checkpoints (after a recipe change).
 lab-train: $(VENV)/.installed

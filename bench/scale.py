@@ -16,8 +16,9 @@ Usage: python bench/scale.py [--items 50] [--model DIR] [--table PARQUET] [--bit
    span lengths (modgap.plan.ASSUMED_SPANS); then projected GPU hours of its states stage from stated
    assumptions: FLOPs per item of a 7B speech LLM at an effective GPU throughput (`--gpu-tflops`), host work per
    item (`--host-ms`), the store's write speed (`--write-mb-s`; 0 measures StoreWriter on this machine) and a model
-   load per shard job (`--load-s`). The GPU figures are ASSUMPTIONS, not measurements: no GPU or 7B weights are
-   reachable here.
+   load per shard job (`--load-s`). FLOPs are counted by bench/flops.py on Qwen2-Audio-7B's geometry, the
+   convention bench/gpu.py measures a forward rate in. The throughput and write speed given by flags are printed
+   as ASSUMED unless the caller says where they were measured (bench/gpu.py passes its own measurements).
 
 Stages are functions: `STAGES` maps a stage name to the function a child process runs for (items, shard, workdir,
 model, items table) and returns {"stage_s", "bytes"}: `states` dumps a shard, `metrics` runs the metrics engine on
@@ -36,6 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flops import QWEN2_AUDIO_7B, decoder_flops, encoder_flops
 from timing import load_average
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,12 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ITEMS = "results/corpus/lab/test/en-us+f3/items.parquet"
 MODELS = ("results/lab/full/step400", "lab/checkpoints/full/step400")
 
-# Paper-scale compute per item of a 7B speech LLM (Qwen2-Audio-7B), both conditions, in TFLOP (2 x params x tokens):
-# the Whisper-large encoder always sees 30 s (1500 positions, ~0.64 B params): 1.9; the 7.7 B decoder over the
-# prompt (~40 tokens) plus the span (S: audio positions, T: tokens); option scoring ~4 options x 5 tokens per
-# condition, from the cached prefix.
-ENCODER_TFLOP = 2 * 0.64e9 * 1500 / 1e12
-DECODER_PARAMS, PROMPT_TOKENS, OPTION_TOKENS = 7.7e9, 40, 20
+# Paper-scale prompt: ~40 tokens around the span; option scoring ~4 options x 5 tokens per condition.
+PROMPT_TOKENS, OPTION_TOKENS = 40, 20
 
 
 def store_path(work: Path, n_items: int, shard: int) -> Path:
@@ -171,22 +169,36 @@ def write_speed_mb_s(layers: int, d: int) -> float:
     return 2 * spec.items * spec.positions * layers * d * 2 / 1e6 / seconds
 
 
-def paper_scale(args: argparse.Namespace) -> None:
+def item_tflop(pos_s: float, pos_t: float) -> float:
+    """TFLOP per item of Qwen2-Audio-7B, both conditions: the encoder over one 30 s window, the prefill of prompt and
+    span in S (`pos_s` audio positions) and T (`pos_t` tokens), option scoring from each cached prefix."""
+    g, total = QWEN2_AUDIO_7B, encoder_flops(QWEN2_AUDIO_7B, 1)
+    for span in (round(pos_s), round(pos_t)):
+        prefix = PROMPT_TOKENS + span
+        total += decoder_flops(g, 1, prefix)
+        total += decoder_flops(g, 1, OPTION_TOKENS, prefix + OPTION_TOKENS, logits=OPTION_TOKENS)
+    return total / 1e12
+
+
+def paper_scale(args: argparse.Namespace, measured: dict[str, str] | None = None) -> None:
+    """Print the paper-scale table. `measured` says where `gpu_tflops` or `write_mb_s` was measured ({"gpu_tflops":
+    "measured 2026-12-03, NVIDIA H200, bench/gpu.py"}); an input not in it is printed as ASSUMED."""
     from modgap.plan import ASSUMED_SPANS
     from modgap.states.store import estimate_bytes
 
+    measured = dict(measured or {})
     n, L, d = args.paper_items, args.paper_layers, args.paper_d
-    write = args.write_mb_s or write_speed_mb_s(L, d)
-    source = ("measured here: StoreWriter, zstd 1 + crc32c, one writer thread" if not args.write_mb_s else
-              "given; 300-500 MB/s measured on the 2-core machines for one writer thread, ../shared/PLATFORM.md")
+    write = args.write_mb_s
+    if not write:
+        write = write_speed_mb_s(L, d)
+        measured["write_mb_s"] = "measured here: StoreWriter, zstd 1 + crc32c, one writer thread"
     print(f"\n== paper scale: {n:,} items x {L} states x d={d}, S and T, float16 (Qwen2-Audio-7B geometry)")
     print(f"{'style':>7} {'S pos':>6} {'T tok':>6} {'fp16 GB':>8} {f'BitRound{args.bitround} GB':>12} "
           f"{'GPU h':>6}   {'= compute':>9} {'+ host':>7} {'| write':>7} {'+ loads':>7}")
     for style, (pos_s, pos_t) in ASSUMED_SPANS.items():
         raw = estimate_bytes(n, pos_s, pos_t, L, d, "float16", None)
         rounded = estimate_bytes(n, pos_s, pos_t, L, d, "float16", args.bitround)
-        tflop = ENCODER_TFLOP + 2 * DECODER_PARAMS * (2 * PROMPT_TOKENS + pos_s + pos_t + 2 * OPTION_TOKENS) / 1e12
-        compute_h = n * tflop / args.gpu_tflops / 3600
+        compute_h = n * item_tflop(pos_s, pos_t) / args.gpu_tflops / 3600
         host_h = n * args.host_ms / 1e3 / 3600
         write_h = n * (pos_s + pos_t) * L * d * 2 / 1e6 / write / 3600
         load_h = -(-n // args.shard_items) * args.load_s / 3600
@@ -194,26 +206,30 @@ def paper_scale(args: argparse.Namespace) -> None:
         total = max(compute_h + host_h, write_h) + load_h
         print(f"{style:>7} {pos_s:6.0f} {pos_t:6.0f} {raw / 1e9:8.1f} {rounded / 1e9:12.1f} {total:6.2f}   "
               f"{compute_h:9.2f} {host_h:7.2f} {write_h:7.2f} {load_h:7.2f}")
-    per_item = ENCODER_TFLOP + 2 * DECODER_PARAMS * (2 * PROMPT_TOKENS + 2 * OPTION_TOKENS) / 1e12
-    print(f"GPU h = max(compute + host, write) + loads, per model and dataset. Assumptions (not measured: no GPU or 7B "
-          f"weights are reachable here): {per_item:.1f} TFLOP per item plus {2 * DECODER_PARAMS / 1e9:.1f} GFLOP per "
-          f"span position (Whisper encoder over 30 s, 7.7 B decoder, prompt {PROMPT_TOKENS} and options "
-          f"{OPTION_TOKENS} tokens per condition) at {args.gpu_tflops:g} effective TFLOP/s (ASSUMED: about 25% of an "
-          f"H100's dense bf16 peak); {args.host_ms:g} ms of host work per item (ASSUMED: FLAC, 30 s log-mel, "
-          f"tokenizing); store writes at {write:.0f} MB/s ({source}); {args.load_s:g} s to load the model per shard "
-          f"job of {args.shard_items} items (ASSUMED: ~17 GB of bf16 weights). Spans: modgap.plan.ASSUMED_SPANS "
-          f"(25 audio positions per second). BitRound: modgap.states.store.disk_factor (0.80 of fp16 at 7 bits, measured).")
+    tflops_source = measured.get("gpu_tflops", "ASSUMED: about 25% of an H100's dense bf16 peak")
+    write_source = measured.get("write_mb_s", "ASSUMED; 300-500 MB/s measured on the 2-core machines for one "
+                                              "writer thread, ../shared/PLATFORM.md")
+    print(f"GPU h = max(compute + host, write) + loads, per model and dataset. Compute: "
+          f"{item_tflop(*ASSUMED_SPANS['letter']):.1f} TFLOP per letter item (bench/flops.py: Whisper encoder over "
+          f"30 s, the decoder over prompt ({PROMPT_TOKENS} tokens) and span, {OPTION_TOKENS} option tokens per "
+          f"condition) at {args.gpu_tflops:g} TFLOP/s ({tflops_source}); {args.host_ms:g} ms of host work per item "
+          f"(ASSUMED: FLAC, 30 s log-mel, tokenizing); store writes at {write:.0f} MB/s ({write_source}); "
+          f"{args.load_s:g} s to load the model per shard job of {args.shard_items} items (ASSUMED: ~17 GB of bf16 "
+          f"weights). Spans: modgap.plan.ASSUMED_SPANS (25 audio positions per second). BitRound: "
+          f"modgap.states.store.disk_factor (0.80 of fp16 at 7 bits, measured).")
     print("Multiply by the number of models (each lab or real checkpoint) and datasets of the study.")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; bench/gpu.py parses the paper-scale flags with it too."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=50)
     ap.add_argument("--model", default=next((m for m in MODELS if (ROOT / m).exists()), MODELS[-1]))
     ap.add_argument("--table", default=ITEMS)
     ap.add_argument("--bitround", type=int, default=7)
-    ap.add_argument("--gpu-tflops", type=float, default=250.0)
-    ap.add_argument("--write-mb-s", type=float, default=400.0, help="0: measure StoreWriter on this machine")
+    ap.add_argument("--gpu-tflops", type=float, default=250.0, help="forward TFLOP/s (flops.py's count); assumed")
+    ap.add_argument("--write-mb-s", type=float, default=400.0,
+                    help="store writes MB/s; assumed, 0: measure StoreWriter on this machine")
     ap.add_argument("--host-ms", type=float, default=30.0)
     ap.add_argument("--load-s", type=float, default=60.0)
     ap.add_argument("--shard-items", type=int, default=256)
@@ -224,7 +240,11 @@ def main() -> None:
     ap.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     ap.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     os.chdir(ROOT)
     if args.child:
         print(json.dumps(STAGES[args.child](args.items, args.shard, Path(args.work), args.model, args.table)))

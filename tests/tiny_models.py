@@ -100,19 +100,21 @@ def _save(model: torch.nn.Module, out: Path) -> Path:
     return out
 
 
-def build_qwen2_audio(out: Path, tok: PreTrainedTokenizerFast, window_s: int = 2) -> Path:
-    """Qwen2-Audio with a `window_s` encoder window, saved with its Qwen2AudioProcessor (like the lab model)."""
+def build_qwen2_audio(out: Path, tok: PreTrainedTokenizerFast, window_s: int = 2, text: dict | None = None,
+                      audio: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Qwen2-Audio with a `window_s` encoder window, saved with its Qwen2AudioProcessor (like the lab model); `text`
+    and `audio` override text and audio config values (a wider or deeper model), `dtype` is the saved weights'."""
     torch.manual_seed(0)
     config = Qwen2AudioConfig(
         audio_config=dict(
             model_type="qwen2_audio_encoder", num_mel_bins=128, d_model=32, encoder_layers=1,
             encoder_attention_heads=2, encoder_ffn_dim=64, max_source_positions=window_s * 50,
-        ),
-        text_config=dict(model_type="qwen2", vocab_size=len(tok), max_position_embeddings=512, **TEXT),
+        ) | (audio or {}),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), max_position_embeddings=512, **TEXT) | (text or {}),
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"),
     )
     Qwen2AudioProcessor(_whisper(window_s), tok, chat_template=QWEN2_AUDIO_TEMPLATE).save_pretrained(out)
-    return _save(Qwen2AudioForConditionalGeneration(config), out)
+    return _save(Qwen2AudioForConditionalGeneration(config).to(dtype), out)
 
 
 def build_omni(out: Path, tok: PreTrainedTokenizerFast, window_s: int = 2) -> Path:
