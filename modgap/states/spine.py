@@ -4,7 +4,7 @@
 span, or at the decision position of every layer) and optionally under an edit. `run` walks a shard's rows in
 batches, runs S and T through `forward`, hands each readout what it needs, generates an answer for the items that
 ask for one (`SpeechLM.generate`) and yields one `Batch` per step. The states dump, the calibration fit and every
-intervention consume it; scoring stays with the consumer (`SpeechLM.score_prefill` on the yielded prefills,
+intervention consume it; scoring stays with the consumer (`SpeechLM.score_prefills` on the yielded prefills,
 `modgap.evaluators` on the responses). A row whose prompt cannot be built in some condition (an `AudioError`:
 unreadable recording, longer than the window under long_audio "reject", filling no audio position) is skipped in
 every condition, so S and T stay paired, and reported in its step's `Batch.skipped` with its reason. The prompts of
@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -142,9 +142,18 @@ class Steps(Dataset):
     def __getitem__(self, step: int) -> Built | InputError:
         chunk = self.rows[step * self.batch_items : (step + 1) * self.batch_items]
         try:
-            return batch_inputs(self.adapter, chunk, self.style, self.conditions)
+            return with_tensors(batch_inputs(self.adapter, chunk, self.style, self.conditions), torch.Tensor.numpy)
         except InputError as e:
             return e
+
+
+def with_tensors(step: Built, convert: Callable) -> Built:
+    """`step` with `convert` applied to its prompts' tensors (model inputs and spans). The workers send them as numpy
+    arrays, which pickle by value into the step's one message; torch would send each tensor through a shared-memory
+    segment of its own, some 20x dearer for a batch of small tensors."""
+    kept, inputs, skipped = step
+    return kept, {c: [replace(x, model_inputs={k: convert(v) for k, v in x.model_inputs.items()}, span=convert(x.span))
+                      for x in xs] for c, xs in inputs.items()}, skipped
 
 
 def _as_built(step: Built | InputError) -> Built | InputError:
@@ -161,7 +170,7 @@ def built_steps(adapter: SpeechLM, rows: Sequence[Row], style: str, batch_items:
     for step in loader:
         if isinstance(step, InputError):
             raise step
-        yield step
+        yield with_tensors(step, torch.from_numpy)
 
 
 def forward(
