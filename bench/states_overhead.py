@@ -1,13 +1,15 @@
 """Cost of dumping every layer's span hidden states, relative to a plain prefill forward, on the lab model.
 
 Usage: python bench/states_overhead.py [--model DIR] [--items 200] [--batch 16] [--repeat 5] [--threads 1]
-                                       [--device cpu]
+                                       [--workers N] [--device cpu]
 Takes the first `items` lab test items (cloze, voice en-us+f3) and times, interleaved over `repeat` rounds, each over
 S and T of every item in batches of `batch`:
   (p) building the inputs alone (read audio, log-mel features, tokenize);
   (a) plain prefill forwards (`spine.forward(hidden=False)`: no hidden states, no scoring) on prebuilt inputs;
   (b) prefill forwards with the span hidden states of every layer (capture only) on prebuilt inputs;
-  (c) the whole `dump_states` of every layer into a new store (inputs + capture + option scoring + write).
+  (c) the whole `dump_states` of every layer into a new store (inputs + capture + option scoring + write), its
+      inputs built by `--workers` DataLoader worker processes while the forwards run (default: the config's
+      `states.num_workers`; 0: in the main process, between forwards).
 Prints per mode the fastest and median round, items/s, and for (c) the MB/s of hidden state written (float16 bytes
 before compression) and the store's size on disk; then b/a, c/a and (c - p)/a (dump_states builds its own inputs,
 the forwards of (a) and (b) do not) from the fastest rounds. The model defaults to
@@ -70,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--workers", type=int, default=None, help="states.num_workers of (c) (default: the config's)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
@@ -77,13 +80,15 @@ def main() -> None:
     table = pd.read_parquet(ITEMS)
     style, rows = table["style"].iloc[0], read_rows(table)[: args.items]
     adapter = load_adapter("qwen2_audio", args.model, device=args.device)
-    spec = StatesOptions.from_config(default_section("states", batch_items=args.batch))  # every layer, float16
+    workers = {} if args.workers is None else {"num_workers": args.workers}
+    spec = StatesOptions.from_config(default_section("states", batch_items=args.batch, **workers))  # all layers, fp16
     inputs = build_inputs(adapter, rows, style)
     positions = sum(len(x.span) for cond in inputs for x in cond)
     raw_mb = positions * (adapter.n_layers + 1) * adapter.hidden_size * 2 / 1e6
     print(f"{args.model}: {adapter.n_layers + 1} states x d={adapter.hidden_size}; {len(rows)} items x S, T = "
           f"{positions} span positions = {raw_mb:.1f} MB float16; batch {args.batch}, {torch.get_num_threads()} "
-          f"threads on {adapter.device}; load average {load_average()}")
+          f"threads on {adapter.device}, {spec.num_workers} input workers; {os.cpu_count()} CPUs, load average "
+          f"{load_average()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "states.zarr"

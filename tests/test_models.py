@@ -217,6 +217,25 @@ def test_batched_prefill_equals_unbatched(family, condition, adapters):
 
 
 @pytest.mark.parametrize("family", list(tiny.BUILDERS))
+@pytest.mark.parametrize("condition", ["S", "T"])
+def test_option_scores_of_a_batch_equal_the_slow_reference(family, condition, adapters):
+    """Options of items with prompts of different lengths, scored in one forward over left-padded caches."""
+    a = adapters[family]
+    xs = [a.speech_inputs(it, tiny.noise(sec, seed=k), "cloze") if condition == "S" else a.text_inputs(it, "cloze")
+          for k, (it, sec) in enumerate(BATCH)]
+    items = [it for it, _ in BATCH]
+    prefills = a.prefill_batch(xs)
+    assert condition == "S" or len({p.length for p in prefills}) == len(xs)  # Voxtral S: whole windows, equal
+    scores = a.score_prefills(prefills, items, "cloze", "tokens")
+    assert [s.n_tokens.max() for s in scores] != [1] * len(xs)  # several-token options ran over the merged cache
+    for s, x, it in zip(scores, xs, items):
+        ref = slow_logliks(a, x, it, "cloze")
+        np.testing.assert_allclose(s.logliks, ref, atol=1e-4)
+        assert s.pred == int(np.argmax(ref / s.n_tokens))
+    assert a.score_prefills([], [], "cloze") == []
+
+
+@pytest.mark.parametrize("family", list(tiny.BUILDERS))
 def test_hooks_see_and_edit_the_span(family, adapters, inputs):
     a, s = adapters[family], inputs[family]["S"]
     base = a.prefill(s, hidden=True)

@@ -23,7 +23,7 @@ from conftest import defaults
 from modgap.corpus.table import read_rows, read_shard
 from modgap.plan import shard_rows
 from modgap.states.options import StatesOptions
-from modgap.states import stage
+from modgap.states import spine, stage
 from modgap.states.stage import accuracy_table, dump_states, write_tables
 from modgap.states.store import StoreReader, StoreWriter
 
@@ -133,12 +133,12 @@ def test_store_fingerprint_holds_the_rendered_prompts(setup, tmp_path, monkeypat
 
 def test_heatmap_rows_of_the_first_items_of_shard_0(setup, tmp_path):
     """states.attention_heatmap_items: the first N rows of shard 0 keep their attention rows; other shards none."""
-    from modgap.plan import ModelRun
+    from modgap.plan import model_run
     from modgap.states.stage import run_shard
 
     tmp, rows, _ = setup
     spec = spec_of(layers=[0], shard_items=3, readouts=["attention"], attention_heatmap_items=2)
-    run = ModelRun("tiny", "qwen2_audio", str(tmp / "model"), device="cpu")
+    run = model_run("tiny", "qwen2_audio", str(tmp / "model"), device="cpu", dtype="float32")
     kept = {}
     for shard in (0, 1):
         run_shard(run, tmp / "items.parquet", shard, spec, tmp_path / f"{shard}.zarr")
@@ -272,3 +272,42 @@ def test_skipped_items_reach_the_model_tables(setup, letter_shard, tmp_path):
     assert skipped["reason"].str.startswith("item long: audio is").all()
     with pytest.raises(ValueError, match=r"^tiny: every item was skipped \(1; first: item long: audio is"):
         write_tables(stores[1:], {"model": "tiny"}, out["pred"], out["acc"], out["responses"], out["skipped"])
+
+
+# --- prompts built by worker processes -----------------------------------------------------------------------------
+def test_dump_with_workers_equals_in_process(setup, letter_shard, tmp_path, monkeypatch):
+    """Two forked workers build the prompts: the same store, predictions and skipped records (the long item, with
+    its reason) as building them in the main process; the adapter is never pickled (the workers share its memory)."""
+    _, _, adapter = setup
+    rows, _ = letter_shard
+
+    def unpicklable(self):
+        raise AssertionError("the adapter was pickled")
+
+    monkeypatch.setattr(type(adapter), "__getstate__", unpicklable, raising=False)
+    preds = {w: dump_states(adapter, rows, "letter", tmp_path / f"w{w}.zarr", spec_of(batch_items=2, num_workers=w),
+                            "tiny") for w in (0, 2)}
+    pd.testing.assert_frame_equal(preds[0], preds[2])
+    here, workers = StoreReader(tmp_path / "w0.zarr"), StoreReader(tmp_path / "w2.zarr")
+    assert_same_store(here, workers)
+    pd.testing.assert_frame_equal(here.skipped(), workers.skipped())
+    assert workers.skipped()["id"].tolist() == ["long"] and workers.skipped()["reason"].str.startswith(
+        "item long: audio is").all()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_prompt_that_fails_to_build_stops_the_dump_naming_the_item(setup, tmp_path, monkeypatch, workers):
+    """An error other than a bad recording is a bug: it stops the dump, in one line naming the item, from a worker
+    as from the main process."""
+    _, rows, adapter = setup
+    real = adapter.text_inputs
+
+    def broken(item, style):
+        if item.id == rows[3].id:
+            raise KeyError("no token")
+        return real(item, style)
+
+    monkeypatch.setattr(adapter, "text_inputs", broken)
+    with pytest.raises(spine.InputError) as e:
+        dump_states(adapter, rows, "cloze", tmp_path / "x.zarr", spec_of(batch_items=2, num_workers=workers), "tiny")
+    assert str(e.value) == f"item {rows[3].id}: its T prompt failed to build: KeyError: 'no token'"

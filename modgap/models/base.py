@@ -11,7 +11,6 @@ decoder block l, exactly as `output_hidden_states=True` returns them (the last o
 """
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -440,36 +439,51 @@ class SpeechLM:
         return self.prefill(inputs, hidden=True).hidden
 
     @torch.no_grad()
-    def option_logliks(self, prefill: Prefill, options: list[list[int]]) -> np.ndarray:
-        """[K] summed log-likelihood of each option's token ids after the prompt.
+    def option_logliks(self, prefills: list[Prefill], options: list[list[list[int]]]) -> list[np.ndarray]:
+        """Per prefill (one condition), [K] summed log-likelihood of each of its options' token ids after its prompt.
 
-        The first token is read off the prefill; the rest come from one batched forward of all options over copies of
-        the prompt's KV cache (right-padded, positions continuing after the prompt).
+        The first tokens are read off the prefills; the rest come from one forward of every item's options together:
+        each option row continues a copy of its prompt's KV cache, the caches left-padded to the longest prompt
+        (attention mask 0 there), the options right-padded, positions continuing after each prompt.
         """
-        if any(len(o) == 0 for o in options):
+        if any(len(o) == 0 for opts in options for o in opts):
             raise ValueError("an option has no tokens")
-        first = prefill.logprobs[[o[0] for o in options]].double().cpu().numpy()
-        width = max(len(o) for o in options) - 1
+        first = [p.logprobs[[o[0] for o in opts]].double().cpu().numpy() for p, opts in zip(prefills, options)]
+        owner = [i for i, opts in enumerate(options) for _ in opts]  # the prefill of each option row
+        flat = [o for opts in options for o in opts]
+        width = max(len(o) for o in flat) - 1
         if width == 0:
             return first
-        k, p = len(options), prefill.length
+        lengths = torch.tensor([p.length for p in prefills])
+        k, p = len(flat), int(lengths.max())
         ids = torch.zeros((k, width), dtype=torch.long)
         target = torch.zeros((k, width), dtype=torch.long)
-        valid = torch.zeros((k, width), dtype=torch.bool)
-        for r, o in enumerate(options):
+        mask = torch.zeros((k, p + width), dtype=torch.long)
+        for r, (o, i) in enumerate(zip(flat, owner)):
             n = len(o) - 1
-            ids[r, :n], target[r, :n], valid[r, :n] = torch.tensor(o[:-1]), torch.tensor(o[1:]), True
-        mask = torch.cat([torch.ones((k, p), dtype=torch.long), valid.long()], 1)
-        cache = copy.deepcopy(prefill.cache)
-        cache.batch_repeat_interleave(k)
-        with self._condition(prefill.inputs.condition):
+            ids[r, :n], target[r, :n] = torch.tensor(o[:-1]), torch.tensor(o[1:])
+            mask[r, p - int(lengths[i]) : p + n] = 1
+        valid = mask[:, p:].bool()
+        cache = self._options_cache(prefills, [len(opts) for opts in options], p)
+        with self._condition(prefills[0].inputs.condition):
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=(p + torch.arange(width)).expand(k, width).to(self.device),
+                position_ids=(lengths[owner, None] + torch.arange(width)).to(self.device),
                 cache=cache, use_cache=True,
             ).logits
         logp = self._logprobs(logits).gather(-1, target.to(self.device)[..., None])[..., 0]
-        return first + (logp * valid.to(self.device)).sum(-1).double().cpu().numpy()
+        rest = (logp * valid.to(self.device)).sum(-1).double().cpu().numpy()
+        return [f + rest[np.array(owner) == i] for i, f in enumerate(first)]
+
+    @staticmethod
+    def _options_cache(prefills: list[Prefill], counts: list[int], width: int) -> DynamicCache:
+        """A new KV cache for option rows: prefill i's keys and values [1, heads, T_i, head_dim] repeated counts[i]
+        times along the batch and left-padded with zeros to `width` positions, the prefills' in order."""
+        def rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([nn.functional.pad(t, (0, 0, width - t.shape[2], 0)).repeat_interleave(n, 0)
+                              for t, n in zip(tensors, counts)])
+        layers = zip(*[list(p.cache) for p in prefills])  # per layer: each prefill's (keys, values, ...)
+        return DynamicCache([(rows([kv[0] for kv in layer]), rows([kv[1] for kv in layer])) for layer in layers])
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """[..., V] float32 log-probs of the head's logits [..., V] as `model(...).logits` returns them, divided by
@@ -482,12 +496,23 @@ class SpeechLM:
 
     def score_prefill(self, prefill: Prefill, item: Item, style: Style, norm: Norm = "none") -> Scores:
         """`score` on an existing prefill (e.g. one run with hidden states or under an intervention hook)."""
+        return self.score_prefills([prefill], [item], style, norm)[0]
+
+    def score_prefills(self, prefills: list[Prefill], items: list[Item], style: Style, norm: Norm = "none"
+                       ) -> list[Scores]:
+        """`score_prefill` of each item on its prefill (one condition): every option tokenized in one call and scored
+        in one forward (`option_logliks`)."""
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r} (known: {', '.join(NORMS)})")
-        texts = option_texts(item, style)
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        logliks = self.option_logliks(prefill, ids)
-        return Scores(logliks, np.array([len(i) for i in ids]), np.array([len(t) for t in texts]), norm)
+        if not items:
+            return []
+        texts = [option_texts(it, style) for it in items]
+        flat = self.tokenizer([t for ts in texts for t in ts], add_special_tokens=False)["input_ids"]
+        ends = np.cumsum([len(ts) for ts in texts])
+        ids = [flat[e - len(ts) : e] for ts, e in zip(texts, ends)]
+        logliks = self.option_logliks(prefills, ids)
+        return [Scores(l, np.array([len(i) for i in o]), np.array([len(t) for t in ts]), norm)
+                for l, o, ts in zip(logliks, ids, texts)]
 
     @torch.no_grad()
     def generate(self, inputs: Inputs, *, greedy: bool, max_new_tokens: int, repetition_penalty: float) -> str:

@@ -1,5 +1,5 @@
-"""Score one item in one condition from what the states pass produced: its prefill and, when one was generated,
-its answer. Multiple choice is scored by option log-likelihoods (the argmax) or from the generated answer; open tasks
+"""Score items in one condition from what the states pass produced: their prefills and, where one was generated,
+their answers. Multiple choice is scored by option log-likelihoods (the argmax) or from the generated answer; open tasks
 from the generated answer by their task's evaluator (`modgap.evaluators`)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from modgap.corpus.items import Item, Style
 from modgap.evaluators import evaluate
-from modgap.models.base import Prefill, SpeechLM
+from modgap.models.base import Prefill, Scores, SpeechLM
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,21 @@ class Outcome:
         return -1 if math.isnan(self.score) else int(self.score == 1.0)
 
 
-def outcome(adapter: SpeechLM, prefill: Prefill, item: Item, style: Style, norm: str, response: str | None
-            ) -> Outcome:
-    """Score `item` after `prefill`: option log-likelihoods for multiple choice (its prediction when `response` is
-    None), and the task's evaluator on `response` when one was generated."""
-    logliks = np.zeros(0)
-    if item.task == "mc":
-        scores = adapter.score_prefill(prefill, item, style, norm)
-        logliks = scores.logliks
-        if response is None:
-            return Outcome(scores.pred, float(scores.pred == item.answer), logliks)
+def outcomes(adapter: SpeechLM, prefills: list[Prefill], items: list[Item], style: Style, norm: str,
+             responses: list[str | None]) -> list[Outcome]:
+    """Score each item after its prefill (one condition): the option log-likelihoods of every multiple-choice item in
+    one batched call (`SpeechLM.score_prefills`), then `outcome` per item."""
+    mc = [i for i, it in enumerate(items) if it.task == "mc"]
+    scores = dict(zip(mc, adapter.score_prefills([prefills[i] for i in mc], [items[i] for i in mc], style, norm)))
+    return [outcome(it, style, scores.get(i), r) for i, (it, r) in enumerate(zip(items, responses))]
+
+
+def outcome(item: Item, style: Style, scores: Scores | None, response: str | None) -> Outcome:
+    """`item` scored from its option `scores` (multiple choice; its prediction when `response` is None) and the
+    task's evaluator on `response` when one was generated."""
+    logliks = np.zeros(0) if scores is None else scores.logliks
+    if scores is not None and response is None:
+        return Outcome(scores.pred, float(scores.pred == item.answer), logliks)
     if response is None:
         raise ValueError(f"item {item.id}: an open task ({item.task}) needs a generated answer")
     verdict = evaluate(response, item, style)

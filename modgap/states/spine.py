@@ -4,20 +4,25 @@
 span, or at the decision position of every layer) and optionally under an edit. `run` walks a shard's rows in
 batches, runs S and T through `forward`, hands each readout what it needs, generates an answer for the items that
 ask for one (`SpeechLM.generate`) and yields one `Batch` per step. The states dump, the calibration fit and every
-intervention consume it; scoring stays with the consumer (`SpeechLM.score_prefill` on the yielded prefills,
+intervention consume it; scoring stays with the consumer (`SpeechLM.score_prefills` on the yielded prefills,
 `modgap.evaluators` on the responses). A row whose prompt cannot be built in some condition (an `AudioError`:
 unreadable recording, longer than the window under long_audio "reject", filling no audio position) is skipped in
-every condition, so S and T stay paired, and reported in its step's `Batch.skipped` with its reason.
+every condition, so S and T stay paired, and reported in its step's `Batch.skipped` with its reason. The prompts of
+the next steps are built (`batch_inputs`) by `workers` forked worker processes of a `torch.utils.data.DataLoader`
+(two steps ahead each; 0: in this process, between forwards) while the current step runs; the workers share the loaded
+adapter's memory (its weights are not copied) and run one torch thread each.
 """
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from modgap.corpus.audio import AudioError
@@ -90,10 +95,17 @@ class Skipped:
     reason: str
 
 
-def batch_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, conditions: Sequence[str]
-                 ) -> tuple[list[Row], dict[str, list[Inputs]], list[Skipped]]:
+class InputError(RuntimeError):
+    """A prompt that failed to build for another reason than its audio (a bug, not a bad item): one line naming the
+    item and condition."""
+
+
+Built = tuple[list[Row], dict[str, list[Inputs]], list[Skipped]]
+
+
+def batch_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, conditions: Sequence[str]) -> Built:
     """The rows whose prompt builds in every condition, their prompts per condition, and the other rows as `Skipped`
-    (the first condition whose prompt raised an `AudioError`, and its message)."""
+    (the first condition whose prompt raised an `AudioError`, and its message); any other error is an `InputError`."""
     kept: list[Row] = []
     inputs: dict[str, list[Inputs]] = {c: [] for c in conditions}
     skipped: list[Skipped] = []
@@ -106,11 +118,59 @@ def batch_inputs(adapter: SpeechLM, rows: Sequence[Row], style: str, conditions:
                 skipped.append(Skipped(row.id, c, str(e)))
                 log.warning("skipped in every condition: %s", e)
                 break
+            except Exception as e:
+                raise InputError(f"item {row.id}: its {c} prompt failed to build: {type(e).__name__}: {e}") from e
         else:
             kept.append(row)
             for c, x in built.items():
                 inputs[c].append(x)
     return kept, inputs, skipped
+
+
+class Steps(Dataset):
+    """Step i of `run` over `rows`: the `batch_inputs` of its `batch_items` rows, or the `InputError` it raised
+    (returned, so that it reaches the main process as its one line)."""
+
+    def __init__(self, adapter: SpeechLM, rows: Sequence[Row], style: str, batch_items: int,
+                 conditions: Sequence[str]) -> None:
+        self.adapter, self.rows, self.style, self.batch_items, self.conditions = (
+            adapter, rows, style, batch_items, conditions)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_items)
+
+    def __getitem__(self, step: int) -> Built | InputError:
+        chunk = self.rows[step * self.batch_items : (step + 1) * self.batch_items]
+        try:
+            return with_tensors(batch_inputs(self.adapter, chunk, self.style, self.conditions), torch.Tensor.numpy)
+        except InputError as e:
+            return e
+
+
+def with_tensors(step: Built, convert: Callable) -> Built:
+    """`step` with `convert` applied to its prompts' tensors (model inputs and spans). The workers send them as numpy
+    arrays, which pickle by value into the step's one message; torch would send each tensor through a shared-memory
+    segment of its own, some 20x dearer for a batch of small tensors."""
+    kept, inputs, skipped = step
+    return kept, {c: [replace(x, model_inputs={k: convert(v) for k, v in x.model_inputs.items()}, span=convert(x.span))
+                      for x in xs] for c, xs in inputs.items()}, skipped
+
+
+def _as_built(step: Built | InputError) -> Built | InputError:
+    """The DataLoader's collate function: a step is already one batch."""
+    return step
+
+
+def built_steps(adapter: SpeechLM, rows: Sequence[Row], style: str, batch_items: int, conditions: Sequence[str],
+                workers: int) -> Iterator[Built]:
+    """Each step's `batch_inputs`, in order, built by `workers` forked processes ahead of the consumer (0: here, on
+    demand); an `InputError` raised here."""
+    loader = DataLoader(Steps(adapter, rows, style, batch_items, conditions), batch_size=None, collate_fn=_as_built,
+                        num_workers=workers, multiprocessing_context="fork" if workers else None)
+    for step in loader:
+        if isinstance(step, InputError):
+            raise step
+        yield with_tensors(step, torch.from_numpy)
 
 
 def forward(
@@ -182,19 +242,19 @@ def run(
     done: int = 0,
     respond: Callable[[Item], bool] | None = None,
     decoding: Mapping[str, object] | None = None,
+    workers: int = 0,
 ) -> Iterator[Batch]:
     """Run `rows` in batches of `batch_items` through every condition and yield each `Batch`, readouts computed;
     rows whose prompt cannot be built are skipped (`batch_inputs`).
 
     `done` rows count as already finished (a resumed run passes the rows after them and the bar starts there).
     Items for which `respond` is true get a generated answer per condition, `SpeechLM.generate(**decoding)`, one
-    item at a time (its own prompt, no padding).
+    item at a time (its own prompt, no padding). `workers` processes build the next steps' prompts meanwhile
+    (`built_steps`; 0: in this process).
     """
     needs = {n for r in readouts for n in r.needs}
     with tqdm(total=len(rows) + done, initial=done, desc=desc, mininterval=5) as bar:
-        for start in range(0, len(rows), batch_items):
-            chunk = rows[start : start + batch_items]
-            kept, inputs, skipped = batch_inputs(adapter, chunk, style, conditions)
+        for kept, inputs, skipped in built_steps(adapter, rows, style, batch_items, conditions, workers):
             batch = Batch(kept, {}, skipped=skipped)
             for c in conditions if kept else ():
                 fwd = forward(adapter, inputs[c], hidden=hidden, span_layers=span_layers,
@@ -204,4 +264,4 @@ def run(
                 batch.responses[c] = [adapter.generate(x, **decoding) if respond is not None and respond(it) else None
                                       for x, it in zip(fwd.inputs, batch.items)]
             yield batch
-            bar.update(len(chunk))
+            bar.update(len(kept) + len(skipped))

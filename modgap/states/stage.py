@@ -23,7 +23,7 @@ from modgap.plan import ModelRun
 from modgap.states import readouts as readout_registry
 from modgap.states import spine
 from modgap.states.options import StatesOptions
-from modgap.states.scoring import Outcome, outcome
+from modgap.states.scoring import Outcome, outcomes
 from modgap.states.store import CondBatch, StoreReader, StoreWriter, predictions_table, responses_table
 
 
@@ -82,16 +82,16 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
         done = set(writer.done_ids)
         for batch in spine.run(adapter, [r for r in rows if r.id not in done], style, batch_items=options.batch_items,
                                hidden=True, readouts=readouts, desc=f"states {model_id}", done=writer.n_done,
-                               respond=options.generates, decoding=as_dict(options.decoding)):
+                               respond=options.generates, decoding=as_dict(options.decoding),
+                               workers=options.num_workers):
             for skipped in batch.skipped:
                 writer.skip(skipped.id, skipped.condition, skipped.reason)
             if not batch.rows:
                 continue
             conds = {}
             for c, fwd in batch.forwards.items():
-                outcomes = [outcome(adapter, p, it, style, options.norm, r)
-                            for p, it, r in zip(fwd.prefills, batch.items, batch.responses[c])]
-                conds[c] = condition_batch(fwd.inputs, [p.hidden for p in fwd.prefills], outcomes, layers, times[c],
+                scored = outcomes(adapter, fwd.prefills, batch.items, style, options.norm, batch.responses[c])
+                conds[c] = condition_batch(fwd.inputs, [p.hidden for p in fwd.prefills], scored, layers, times[c],
                                            batch.readouts[c], set(ragged))
             writer.append([it.id for it in batch.items], conds)
     return predictions_table(StoreReader(out_path))
@@ -117,7 +117,8 @@ def run_shard(run: ModelRun, items_table: str | Path, shard: int, options: State
     adapter = load_run(run, device)
     # the items too: a killed dump resumes only onto the same rows (a rebuilt corpus starts over)
     items = [(r.id, r.audio, r.spans.tolist()) for r in rows]
-    fingerprint = [run.to_dict(), as_dict(options), items, adapter.prompt_ids(style)]
+    settings = {k: v for k, v in as_dict(options).items() if k != "num_workers"}  # how, not what, is computed
+    fingerprint = [run.to_dict(), settings, items, adapter.prompt_ids(style)]
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     heatmap_ids = [r.id for r in rows[: options.attention_heatmap_items]] if shard == 0 else []
     return dump_states(adapter, rows, style, out_path, options, run.name, config_hash=digest[:12],
