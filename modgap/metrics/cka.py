@@ -48,8 +48,9 @@ def _song(tr: Tensor, k1: Tensor, l1: Tensor, kl1: Tensor, n: int) -> Tensor:
 
 
 def _cka(hxy: Tensor, hxx: Tensor, hyy: Tensor) -> Tensor:
-    """CKA `[L, M]` from HSIC of every pair `[L, M]` and of every layer with itself, `[L]` and `[M]`."""
-    return hxy / (hxx[:, None] * hyy[None, :]).sqrt()
+    """CKA `[..., L, M]` from HSIC of every pair `[..., L, M]` and of every layer with itself, `[..., L]` and
+    `[..., M]`."""
+    return hxy / (hxx[..., :, None] * hyy[..., None, :]).sqrt()
 
 
 def _gram(xc: Tensor, unbiased: bool) -> Tensor:
@@ -182,17 +183,16 @@ def _zeros(device: torch.device, *shape: int) -> Tensor:
     return torch.zeros(shape, dtype=torch.float64, device=device)
 
 
-def _moment_raw(fro: Tensor, sxy: Tensor, sx: Tensor, sy: Tensor, a: Tensor, b: Tensor, ab: Tensor, bx: Tensor,
-                ay: Tensor, n: int, unbiased: bool) -> Tensor:
-    """Raw HSIC from uncentred sums over items (broadcasting over leading dims), with c = X^T Y: fro = ||c||_F^2,
-    sxy = sx^T c sy, sx = sum x_i, sy = sum y_i, a = sum ||x_i||^2, b = sum ||y_i||^2, ab = sum ||x_i||^2 ||y_i||^2,
-    bx = sum ||y_i||^2 x_i, ay = sum ||x_i||^2 y_i. Biased: ||c - sx sy^T / n||_F^2. Unbiased, with K = X X^T:
-    tr(K~L~) = ||c||^2 - ab, 1'K~1 = ||sx||^2 - a, and 1'K~L~1 = sum_i (x_i.sx - ||x_i||^2)(y_i.sy - ||y_i||^2)
-    = sx^T c sy - sx.bx - sy.ay + ab."""
-    ssx, ssy = sx.square().sum(-1), sy.square().sum(-1)
+def _moment_raw(fro: Tensor, sxy: Tensor, ssx: Tensor, ssy: Tensor, sxbx: Tensor, syay: Tensor, a: Tensor,
+                b: Tensor, ab: Tensor, n: int | Tensor, unbiased: bool) -> Tensor:
+    """Raw HSIC from uncentred sums over items (broadcasting), with c = X^T Y, sx = sum x_i, sy = sum y_i,
+    bx = sum ||y_i||^2 x_i and ay = sum ||x_i||^2 y_i: fro = ||c||_F^2, sxy = sx^T c sy, ssx = ||sx||^2,
+    ssy = ||sy||^2, sxbx = sx.bx, syay = sy.ay, a = sum ||x_i||^2, b = sum ||y_i||^2, ab = sum ||x_i||^2 ||y_i||^2.
+    Biased: ||c - sx sy^T / n||_F^2. Unbiased, with K = X X^T: tr(K~L~) = ||c||^2 - ab, 1'K~1 = ||sx||^2 - a, and
+    1'K~L~1 = sum_i (x_i.sx - ||x_i||^2)(y_i.sy - ||y_i||^2) = sx^T c sy - sx.bx - sy.ay + ab."""
     if not unbiased:
         return fro - 2 * sxy / n + ssx * ssy / n**2
-    return _song(fro - ab, ssx - a, ssy - b, sxy - (sx * bx).sum(-1) - (sy * ay).sum(-1) + ab, n)
+    return _song(fro - ab, ssx - a, ssy - b, sxy - sxbx - syay + ab, n)
 
 
 class _Side:
@@ -223,7 +223,8 @@ class _Side:
         """Raw HSIC of each layer with itself, `[L]`."""
         fro = torch.linalg.matrix_norm(self.xx).square()
         sxs = ((self.s[:, None] @ self.xx).squeeze(1) * self.s).sum(-1)
-        return _moment_raw(fro, sxs, self.s, self.s, self.a, self.a, self.aa, self.ax, self.ax, n, unbiased)
+        ss, sax = self.s.square().sum(-1), (self.s * self.ax).sum(-1)
+        return _moment_raw(fro, sxs, ss, ss, sax, sax, self.a, self.a, self.aa, n, unbiased)
 
 
 class CKAAccumulator:
@@ -284,8 +285,9 @@ class CKAAccumulator:
         (L, d_x), (M, d_y) = x.s.shape, y.s.shape
         fro = torch.linalg.vector_norm(self._xy.view(L, d_x, M, d_y), dim=(1, 3)).square()
         sxy = ((x.s[:, None] @ self._xy.view(L, d_x, M * d_y)).view(L, M, d_y) * y.s).sum(-1)
-        hxy = _moment_raw(fro, sxy, x.s[:, None], y.s[None], x.a[:, None], y.a[None], self._ab, self._bx, self._ay,
-                          n, unbiased)
+        sxbx, syay = (x.s[:, None] * self._bx).sum(-1), (y.s[None] * self._ay).sum(-1)
+        hxy = _moment_raw(fro, sxy, x.s.square().sum(-1)[:, None], y.s.square().sum(-1)[None], sxbx, syay,
+                          x.a[:, None], y.a[None], self._ab, n, unbiased)
         return _cka(hxy, x.raw(n, unbiased), y.raw(n, unbiased))
 
 
@@ -324,6 +326,52 @@ class MinibatchCKA:
         elif not self.batches:
             raise ValueError(f"too few pairs for the estimator: {self._rows.n}")
         return _cka(*sums)
+
+
+def weighted_cka(xs: Tensor, ys: Tensor, weights: Tensor, unbiased: bool = False, block: int = 256) -> Tensor:
+    """CKA `[R, L, M]` float64 of R weightings of the same aligned pairs xs `[L, n, d_x]`, ys `[M, n, d_y]`:
+    weights `[R, n]` (non-negative integers), pair i counted weights[r, i] times, equal up to rounding to
+    `cross_layer_cka` of the pairs repeated so (e.g. item resamples of a bootstrap).
+
+    Gram form, in float64 on rows shifted by their mean: every sum `_moment_raw` needs is a weighted sum over the
+    Grams K_l = X_l X_l^T and G_m = Y_m Y_m^T (||X^T W Y||^2 = sum_ij w_i w_j K_ij G_ij, sx.x_i = (K w)_i, ...).
+    The Grams are formed once, `block` rows at a time (memory (L + M) block n floats), and serve every weighting:
+    cost n^2 (L d_x + M d_y) once and about n^2 L M per weighting, against n L M d_x d_y per weighting for the
+    feature-space sums."""
+    _check_pair(xs, ys)
+    if weights.ndim != 2 or weights.shape[1] != xs.shape[1]:
+        raise ValueError(f"expected weights [R, {xs.shape[1]}], got {tuple(weights.shape)}")
+    w = weights.to(xs.device, torch.float64)
+    n_pairs = w.sum(1)  # [R]
+    for count in n_pairs.tolist():
+        _check_n(int(count), unbiased)
+    x, y = (z.to(torch.float64) for z in (xs, ys))
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    a, b = x.square().sum(-1), y.square().sum(-1)  # [L, n], [M, n]
+    (L, n, _), M, R = x.shape, y.shape[0], len(w)
+    fro, fro_x, fro_y = x.new_zeros(R, L, M), x.new_zeros(R, L), x.new_zeros(R, M)
+    kw, gw = x.new_empty(R, L, n), x.new_empty(R, M, n)  # (K w)_i, (G w)_i
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        k, g = x[:, rows] @ x.mT, y[:, rows] @ y.mT  # Gram rows [L, b, n], [M, b, n]
+        kw[:, :, rows], gw[:, :, rows] = (k @ w.T).permute(2, 0, 1), (g @ w.T).permute(2, 0, 1)
+        for r in range(R):
+            ww = w[r, rows, None] * w[r]  # [b, n]
+            wk, wg = k * ww, g * ww
+            fro[r] += wk.flatten(1) @ g.flatten(1).T
+            fro_x[r] += (wk * k).sum((1, 2))
+            fro_y[r] += (wg * g).sum((1, 2))
+    wkw, wgw = w[:, None] * kw, w[:, None] * gw  # [R, L, n], [R, M, n]
+    ssx, ssy = wkw.sum(-1), wgw.sum(-1)
+    sa, sb = w @ a.T, w @ b.T  # [R, L], [R, M]
+    nxy = n_pairs[:, None, None]
+    hxy = _moment_raw(fro, wkw @ gw.mT, ssx[..., None], ssy[:, None], wkw @ b.T, (a @ wgw.mT), sa[..., None],
+                      sb[:, None], (w[:, None] * a) @ b.T, nxy, unbiased)
+    hxx = _moment_raw(fro_x, (wkw * kw).sum(-1), ssx, ssx, (wkw * a).sum(-1), (wkw * a).sum(-1), sa, sa,
+                      w @ a.square().T, n_pairs[:, None], unbiased)
+    hyy = _moment_raw(fro_y, (wgw * gw).sum(-1), ssy, ssy, (wgw * b).sum(-1), (wgw * b).sum(-1), sb, sb,
+                      w @ b.square().T, n_pairs[:, None], unbiased)
+    return _cka(hxy, hxx, hyy)
 
 
 def cka_accumulator(L: int, M: int, d_x: int, d_y: int, unbiased: bool, mode: str = "auto", max_bytes: int = 2**31,

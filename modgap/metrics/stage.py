@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from .dtw import aligned_pairs
 from .base_layers import BaseLayerSensitivity
 from .item import DTWConfig, ItemStates, base_paths, dtw_layer_truth, dtw_score, layer_metrics, layer_paths
 from .moments import MomentAccumulator, standardized_l2
-from .null import CKAPermutationNull, accumulator_result, bootstrap_readouts, readout_stability
+from .null import AccumulatorFactory, CKAPermutationNull, accumulator_result, bootstrap_readouts, readout_stability
 from .options import CKAOptions, MetricsOptions
 from .synchrony import shuffled_synchrony, update_synchrony
 
@@ -142,13 +143,18 @@ def batches(stores: list[str], word_spans: dict[str, np.ndarray], device: torch.
         yield batch
 
 
-def estimator_accumulators(n: int, d: int, cka: CKAOptions, device: torch.device) -> dict[str, CKAAccumulator | MinibatchCKA]:
+def accumulator_factory(cka: CKAOptions, device: torch.device) -> AccumulatorFactory:
+    """`(L, M, d_x, d_y, unbiased=False) -> accumulator`: `cka.cka_accumulator` in the configured mode and memory
+    cap, on `device` (the configurations', the true-word pairing's and the null's accumulators)."""
+    return partial(cka_accumulator, unbiased=False, mode=cka.mode, max_bytes=cka.max_bytes, device=device)
+
+
+def estimator_accumulators(n: int, d: int, make: AccumulatorFactory) -> dict[str, CKAAccumulator | MinibatchCKA]:
     """One CKA accumulator per estimator over `n` speech and text layers of width d; the exact accumulator holds the
     sums of both estimators, so it is shared (half the memory of one per estimator)."""
-    make = lambda unbiased: cka_accumulator(n, n, d, d, unbiased, mode=cka.mode, max_bytes=cka.max_bytes,  # noqa: E731
-                                            device=device)
-    biased = make(False)
-    return {"biased": biased, "unbiased": biased if isinstance(biased, CKAAccumulator) else make(True)}
+    biased = make(n, n, d, d)
+    unbiased = biased if isinstance(biased, CKAAccumulator) else make(n, n, d, d, unbiased=True)
+    return {"biased": biased, "unbiased": unbiased}
 
 
 class MetricsRun:
@@ -166,14 +172,12 @@ class MetricsRun:
         self.subjects = dict(zip(corpus["id"], corpus["subject"]))
         self.configs = dtw_configs(options, self.layers, first.manifest["model"], model_depth(first))
         n, d, cka = len(self.layers), first.manifest["d"], options.cka
-        self.cka = {c.label: estimator_accumulators(n, d, cka, device) for c in self.configs}
-        self.cka[TRUTH] = estimator_accumulators(n, d, cka, device)
+        make = accumulator_factory(cka, device)
+        self.cka = {c.label: estimator_accumulators(n, d, make) for c in self.configs}
+        self.cka[TRUTH] = estimator_accumulators(n, d, make)
         self.n_truth = 0  # items with at least one true-word pair
         self.moments = {"dtw": MomentAccumulator((n, d), device=device), TRUTH: MomentAccumulator((n, d), device=device)}
-        self.null = CKAPermutationNull(
-            cka.n_perm, options.seed, device=device,
-            make_accumulator=lambda L, M, dx, dy: cka_accumulator(L, M, dx, dy, False, mode=cka.mode,
-                                                                   max_bytes=cka.max_bytes, device=device))
+        self.null = CKAPermutationNull(cka.n_perm, options.seed, device=device, make_accumulator=make)
         self.boot_rows: list[tuple[Tensor, Tensor]] = []  # default-pairing rows per item, for the readout bootstrap
         self.random = torch.Generator().manual_seed(options.seed)
         self.shuffle = torch.Generator().manual_seed(options.seed)  # the synchrony control's derangements
