@@ -328,16 +328,17 @@ class MinibatchCKA:
         return _cka(*sums)
 
 
-def weighted_cka(xs: Tensor, ys: Tensor, weights: Tensor, unbiased: bool = False, block: int = 256) -> Tensor:
+def weighted_cka(xs: Tensor, ys: Tensor, weights: Tensor, unbiased: bool = False, block_bytes: int = 2**26
+                 ) -> Tensor:
     """CKA `[R, L, M]` float64 of R weightings of the same aligned pairs xs `[L, n, d_x]`, ys `[M, n, d_y]`:
     weights `[R, n]` (non-negative integers), pair i counted weights[r, i] times, equal up to rounding to
     `cross_layer_cka` of the pairs repeated so (e.g. item resamples of a bootstrap).
 
     Gram form, in float64 on rows shifted by their mean: every sum `_moment_raw` needs is a weighted sum over the
-    Grams K_l = X_l X_l^T and G_m = Y_m Y_m^T (||X^T W Y||^2 = sum_ij w_i w_j K_ij G_ij, sx.x_i = (K w)_i, ...).
-    The Grams are formed once, `block` rows at a time (memory (L + M) block n floats), and serve every weighting:
-    cost n^2 (L d_x + M d_y) once and about n^2 L M per weighting, against n L M d_x d_y per weighting for the
-    feature-space sums."""
+    Grams K_l = X_l X_l^T and G_m = Y_m Y_m^T, e.g. ||X^T W Y||^2 = sum_ij w_i w_j K_ij G_ij and sx.x_i = (K w)_i.
+    The Grams' upper triangles are formed a block of rows at a time, with the products K_l * G_m, K_l * K_l and
+    G_m * G_m of the block (at most `block_bytes`), and every weighting takes its sums from them in one matrix
+    product: cost about n^2 (L d_x + M d_y + R L M) / 2, against R n L M d_x d_y for feature-space sums."""
     _check_pair(xs, ys)
     if weights.ndim != 2 or weights.shape[1] != xs.shape[1]:
         raise ValueError(f"expected weights [R, {xs.shape[1]}], got {tuple(weights.shape)}")
@@ -349,24 +350,29 @@ def weighted_cka(xs: Tensor, ys: Tensor, weights: Tensor, unbiased: bool = False
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
     a, b = x.square().sum(-1), y.square().sum(-1)  # [L, n], [M, n]
     (L, n, _), M, R = x.shape, y.shape[0], len(w)
-    fro, fro_x, fro_y = x.new_zeros(R, L, M), x.new_zeros(R, L), x.new_zeros(R, M)
-    kw, gw = x.new_empty(R, L, n), x.new_empty(R, M, n)  # (K w)_i, (G w)_i
-    for start in range(0, n, block):
-        rows = slice(start, min(start + block, n))
-        k, g = x[:, rows] @ x.mT, y[:, rows] @ y.mT  # Gram rows [L, b, n], [M, b, n]
-        kw[:, :, rows], gw[:, :, rows] = (k @ w.T).permute(2, 0, 1), (g @ w.T).permute(2, 0, 1)
-        for r in range(R):
-            ww = w[r, rows, None] * w[r]  # [b, n]
-            wk, wg = k * ww, g * ww
-            fro[r] += wk.flatten(1) @ g.flatten(1).T
-            fro_x[r] += (wk * k).sum((1, 2))
-            fro_y[r] += (wg * g).sum((1, 2))
+    kw = torch.einsum("lnd,rld->rln", x, torch.einsum("rn,lnd->rld", w, x))  # (K w)_i = x_i.sx, [R, L, n]
+    gw = torch.einsum("mnd,rmd->rmn", y, torch.einsum("rn,mnd->rmd", w, y))
+    P = L * M + L + M
+    sums = x.new_zeros(R, P)  # w^T (K_l * G_m) w, then w^T (K_l * K_l) w, w^T (G_m * G_m) w
+    block = max(1, block_bytes // (8 * P * n))
+    buffer = x.new_empty(P, block * n)
+    for start in range(0, n, block):  # the Grams are symmetric: a block of rows against the columns from `start`
+        size, cols = min(block, n - start), n - start
+        k = x[:, start : start + size] @ x[:, start:].mT  # [L, size, cols]
+        g = y[:, start : start + size] @ y[:, start:].mT  # [M, size, cols]
+        products = buffer[:, : size * cols].view(P, size, cols)
+        torch.mul(k[:, None], g, out=products[: L * M].view(L, M, size, cols))
+        torch.mul(k, k, out=products[L * M : L * M + L])
+        torch.mul(g, g, out=products[L * M + L :])
+        ww = w[:, start : start + size, None] * w[:, None, start:]  # [R, size, cols]
+        ww[:, :, size:] *= 2  # (i, j) past the block stands for (j, i) too
+        sums += ww.flatten(1) @ products.flatten(1).T
+    fro, fro_x, fro_y = sums[:, : L * M].view(R, L, M), sums[:, L * M : L * M + L], sums[:, L * M + L :]
     wkw, wgw = w[:, None] * kw, w[:, None] * gw  # [R, L, n], [R, M, n]
     ssx, ssy = wkw.sum(-1), wgw.sum(-1)
     sa, sb = w @ a.T, w @ b.T  # [R, L], [R, M]
-    nxy = n_pairs[:, None, None]
-    hxy = _moment_raw(fro, wkw @ gw.mT, ssx[..., None], ssy[:, None], wkw @ b.T, (a @ wgw.mT), sa[..., None],
-                      sb[:, None], (w[:, None] * a) @ b.T, nxy, unbiased)
+    hxy = _moment_raw(fro, wkw @ gw.mT, ssx[..., None], ssy[:, None], wkw @ b.T, a @ wgw.mT, sa[..., None],
+                      sb[:, None], (w[:, None] * a) @ b.T, n_pairs[:, None, None], unbiased)
     hxx = _moment_raw(fro_x, (wkw * kw).sum(-1), ssx, ssx, (wkw * a).sum(-1), (wkw * a).sum(-1), sa, sa,
                       w @ a.square().T, n_pairs[:, None], unbiased)
     hyy = _moment_raw(fro_y, (wgw * gw).sum(-1), ssy, ssy, (wgw * b).sum(-1), (wgw * b).sum(-1), sb, sb,

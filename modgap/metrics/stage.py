@@ -109,7 +109,9 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
                  ) -> Iterator[StoredItem]:
     """Stream the items of one store at `layers` (`word_spans`: item id -> true word spans `[W, 2]` in ms)."""
     reader = StoreReader(store)
-    pos = {c: reader.positions(c) for c in ("S", "T")}
+    positions = {c: reader.positions(c) for c in ("S", "T")}
+    speech_ms = positions["S"][["start_ms", "end_ms"]].to_numpy(np.float32)
+    text_words = positions["T"]["word"].to_numpy(np.int64)
     off = {c: reader.offsets(c) for c in ("S", "T")}
     table = reader.items_table()
     readouts = layer_readouts(reader, layers)
@@ -117,12 +119,10 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
         item_id = reader.items[i]
         if item_id not in word_spans:
             raise KeyError(f"store {store}: item {item_id} is not in the corpus table")
-        s = pos["S"].iloc[off["S"][i]: off["S"][i + 1]]
-        t = pos["T"].iloc[off["T"][i]: off["T"][i + 1]]
         states = ItemStates(
             hs=hs.to(device), ht=ht.to(device),
-            speech_ms=torch.tensor(s[["start_ms", "end_ms"]].to_numpy(np.float32), device=device),
-            text_words=torch.tensor(t["word"].to_numpy(np.int64), device=device),
+            speech_ms=torch.tensor(speech_ms[off["S"][i]: off["S"][i + 1]], device=device),
+            text_words=torch.tensor(text_words[off["T"][i]: off["T"][i + 1]], device=device),
             word_spans_ms=torch.as_tensor(word_spans[item_id], dtype=torch.float32, device=device),
         )
         yield StoredItem(item_id, float(table["score_S"][i]), float(table["score_T"][i]), states,
@@ -209,7 +209,7 @@ class MetricsRun:
             mincost = dtw_layer_truth(states, layer_paths([m["cos"] - 1 for m in matrices], default.band))
             synchrony: dict[str, dict[str, Tensor]] = {}
             for config in self.configs:
-                for b, path in zip(batch, base_paths(scores[config.metric], config)):
+                for b, path in zip(batch, self._base_paths(config, scores, paths)):
                     xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options.pairs)
                     self._accumulate(config.label, xs, ys)
                     if config == default:
@@ -231,6 +231,15 @@ class MetricsRun:
                 values = {**layer_metrics(b.states, mats), **gt, **synchrony[b.id], "sync_truth": sync_truth,
                           "gt_hit_dtw_mincost": mc["gt_hit_dtw"], "gt_miss_ms_dtw_mincost": mc["gt_miss_ms_dtw"]}
                 self._add_rows(b, values | self._baselines(b.states, values))
+
+    def _base_paths(self, config: DTWConfig, scores: dict[str, list[Tensor]], layer_paths: list[list[Tensor]]
+                    ) -> list[Tensor]:
+        """One DTW path per item of the batch at `config`'s base layer: taken from the default configuration's
+        every-layer paths `layer_paths` when `config` shares its metric and band, else computed from `scores`."""
+        default = self.configs[0]
+        if (config.metric, config.band) == (default.metric, default.band):
+            return [item_paths[config.base] for item_paths in layer_paths]
+        return base_paths(scores[config.metric], config)
 
     def _truth_rows(self, x: ItemStates) -> tuple[Tensor, Tensor] | None:
         """True-word pairing rows `([layers, n, d], [layers, n, d])` of one item, None when no token has a pair."""
