@@ -146,6 +146,16 @@ def test_weighted_cka_rejects_bad_weights():
         weighted_cka(xs, ys, torch.tensor([[1, 1, 1, 0, 0]]), unbiased=True)
 
 
+def test_float32_products_stay_within_float32_rounding_and_leave_float64_inputs_exact():
+    xs, ys = related(3, 2, 700, 6, 9, seed=4, offset=500.0)
+    want = cross_layer_cka(xs.double(), ys.double())
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float64, 1e-9)):
+        acc = CKAAccumulator(3, 2, 6, 9, buffer_rows=50, product_dtype=torch.float32)
+        for rows in random_splits(700, seed=5):
+            acc.update(xs[:, rows].to(dtype), ys[:, rows].to(dtype))
+        assert (acc.result() - want).abs().max() < tolerance
+
+
 def test_accumulator_rejects_bad_shapes_and_too_few_items():
     acc = CKAAccumulator(2, 3, 4, 5, unbiased=True)
     with pytest.raises(ValueError, match="d_x, d_y"):

@@ -177,7 +177,8 @@ class MetricsRun:
         self.cka[TRUTH] = estimator_accumulators(n, d, make)
         self.n_truth = 0  # items with at least one true-word pair
         self.moments = {"dtw": MomentAccumulator((n, d), device=device), TRUTH: MomentAccumulator((n, d), device=device)}
-        self.null = CKAPermutationNull(cka.n_perm, options.seed, device=device, make_accumulator=make)
+        self.null = CKAPermutationNull(cka.n_perm, options.seed, device=device,  # a control: float32 products suffice
+                                       make_accumulator=partial(make, product_dtype=torch.float32))
         self.boot_rows: list[tuple[Tensor, Tensor]] = []  # default-pairing rows per item, for the readout bootstrap
         self.random = torch.Generator().manual_seed(options.seed)
         self.shuffle = torch.Generator().manual_seed(options.seed)  # the synchrony control's derangements
