@@ -362,8 +362,9 @@ def weighted_cka(xs: Tensor, ys: Tensor, weights: Tensor, unbiased: bool = False
     n_pairs = w.sum(1)  # [R]
     for count in n_pairs.tolist():
         _check_n(int(count), unbiased)
-    x, y = (z.to(torch.float64) for z in (xs, ys))
-    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    x, y = xs.to(torch.float64, copy=True), ys.to(torch.float64, copy=True)
+    x -= x.mean(1, keepdim=True)
+    y -= y.mean(1, keepdim=True)
     a, b = x.square().sum(-1), y.square().sum(-1)  # [L, n], [M, n]
     (L, n, _), M, R = x.shape, y.shape[0], len(w)
     kw = torch.einsum("lnd,rld->rln", x, torch.einsum("rn,lnd->rld", w, x))  # (K w)_i = x_i.sx, [R, L, n]
