@@ -20,15 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from modgap.config import validate_config
+from modgap.config import default_section
+from modgap.metrics.options import MetricsOptions
 from modgap.states.store import CondBatch, StoreWriter
 
 MS = 40.0
 
 
-def write_study(root: Path, n_items: int, layers: int, d: int, shard_items: int, seed: int = 0) -> tuple[list, Path]:
+def write_study(root: Path, n_items: int, layers: int, d: int, shard_items: int, seed: int = 0,
+                speech_ratio: int = 4) -> tuple[list, Path]:
     """Synthetic shard stores and the matching corpus table (one word per text token, word spans from the speech
-    positions the text token repeats over)."""
+    positions the text token repeats over: `speech_ratio` on average, so speech is that many times longer)."""
     g = torch.Generator().manual_seed(seed)
     stores, rows = [], []
     for shard, start in enumerate(range(0, n_items, shard_items)):
@@ -36,7 +38,7 @@ def write_study(root: Path, n_items: int, layers: int, d: int, shard_items: int,
         with StoreWriter(path, model="bench", layers=list(range(layers)), d=d, n_options=4) as w:
             for i in range(start, min(start + shard_items, n_items)):
                 tt = int(torch.randint(8, 20, (), generator=g))
-                reps = torch.randint(2, 7, (tt,), generator=g)
+                reps = torch.randint(max(1, speech_ratio - 2), speech_ratio + 3, (tt,), generator=g)
                 ht = torch.randn(layers, tt, d, generator=g)
                 hs = ht.repeat_interleave(reps, 1) + torch.randn(layers, int(reps.sum()), d, generator=g)
                 ts, times = hs.shape[1], np.arange(hs.shape[1]) * MS
@@ -46,7 +48,8 @@ def write_study(root: Path, n_items: int, layers: int, d: int, shard_items: int,
                     "T": CondBatch(ht.half(), [tt], np.arange(tt), [0], [1], np.zeros((1, 4)), word=np.arange(tt)),
                 })
                 ends = reps.cumsum(0).numpy() * MS
-                rows.append({"id": f"q{i}", "subject": "s", "status": "ok",
+                rows.append({"id": f"q{i}", "subject": "s", "status": "ok", "question": "q", "choices": ["a", "b"],
+                             "answer": 0, "audio": "none.flac",
                              "start_ms": list(np.r_[0.0, ends[:-1]]), "end_ms": list(ends)})
         stores.append(str(path))
     table = root / "corpus.parquet"
@@ -54,16 +57,24 @@ def write_study(root: Path, n_items: int, layers: int, d: int, shard_items: int,
     return stores, table
 
 
+def default_options() -> MetricsOptions:
+    """The metrics options with every schema default, as the stage reads them."""
+    return MetricsOptions.from_config(default_section("metrics"))
+
+
+def stage_outputs(folder: Path) -> dict[str, Path]:
+    """The output paths `run_metrics` writes, in `folder`."""
+    return {k: folder / f"{k}.{e}" for k, e in [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"),
+                                                ("base_layers", "csv"), ("summary", "json")]}
+
+
 def child(stores: list[str], table: str, device: str, out: str) -> None:
     """Run the stage once in this process; print wall seconds and peak RSS (MiB) as JSON."""
     from modgap.metrics.stage import run_metrics
 
     torch.set_num_threads(1)
-    options = validate_config({"datasets": {"x": {"source": "lab"}}})["metrics"]
-    outs = {k: f"{out}/{k}.{e}" for k, e in [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"),
-                                             ("summary", "json")]}
     t0 = time.perf_counter()
-    run_metrics(stores, table, options, device, {}, outs)
+    run_metrics(stores, table, default_options(), device, {}, stage_outputs(Path(out)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mib": peak}))
 

@@ -11,6 +11,7 @@ from modgap.metrics.cka import (
     cross_layer_cka,
     linear_cka,
     matrix_agreement,
+    weighted_cka,
 )
 
 
@@ -120,6 +121,39 @@ def test_accumulator_equals_one_shot_on_concatenation(unbiased, dtype):
     assert acc.n == 700
     assert (acc.result() - full).abs().max() < 1e-9
     assert (acc.result(not unbiased) - cross_layer_cka(xs.double(), ys.double(), not unbiased)).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 8 * 21 * 37 * 5, 2**26])  # one row, 5 rows, all rows per block
+def test_weighted_cka_equals_the_numpy_reference_on_repeated_rows(unbiased, block_bytes):
+    xs, ys = related(3, 4, 37, 6, 5, seed=7)
+    xs, ys = xs.double(), ys.double()
+    weights = torch.randint(0, 4, (3, 37), generator=torch.Generator().manual_seed(8))
+    weights[0] = 1
+    got = weighted_cka(xs, ys, weights, unbiased, block_bytes)
+    assert got.shape == (3, 3, 4) and got.dtype == torch.float64
+    for r in range(3):
+        rows = torch.arange(37).repeat_interleave(weights[r]).numpy()
+        want = [[ref_cka(xs[l, rows], ys[m, rows], unbiased) for m in range(4)] for l in range(3)]
+        np.testing.assert_allclose(got[r].numpy(), want, rtol=0, atol=1e-9)
+
+
+def test_weighted_cka_rejects_bad_weights():
+    xs, ys = related(2, 2, 5, 3, 3)
+    with pytest.raises(ValueError, match="weights"):
+        weighted_cka(xs, ys, torch.ones(5))
+    with pytest.raises(ValueError, match="at least 4"):
+        weighted_cka(xs, ys, torch.tensor([[1, 1, 1, 0, 0]]), unbiased=True)
+
+
+def test_float32_products_stay_within_float32_rounding_and_leave_float64_inputs_exact():
+    xs, ys = related(3, 2, 700, 6, 9, seed=4, offset=500.0)
+    want = cross_layer_cka(xs.double(), ys.double())
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float64, 1e-9)):
+        acc = CKAAccumulator(3, 2, 6, 9, buffer_rows=50, product_dtype=torch.float32)
+        for rows in random_splits(700, seed=5):
+            acc.update(xs[:, rows].to(dtype), ys[:, rows].to(dtype))
+        assert (acc.result() - want).abs().max() < tolerance
 
 
 def test_accumulator_rejects_bad_shapes_and_too_few_items():

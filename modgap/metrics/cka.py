@@ -48,8 +48,9 @@ def _song(tr: Tensor, k1: Tensor, l1: Tensor, kl1: Tensor, n: int) -> Tensor:
 
 
 def _cka(hxy: Tensor, hxx: Tensor, hyy: Tensor) -> Tensor:
-    """CKA `[L, M]` from HSIC of every pair `[L, M]` and of every layer with itself, `[L]` and `[M]`."""
-    return hxy / (hxx[:, None] * hyy[None, :]).sqrt()
+    """CKA `[..., L, M]` from HSIC of every pair `[..., L, M]` and of every layer with itself, `[..., L]` and
+    `[..., M]`."""
+    return hxy / (hxx[..., :, None] * hyy[..., None, :]).sqrt()
 
 
 def _gram(xc: Tensor, unbiased: bool) -> Tensor:
@@ -182,17 +183,24 @@ def _zeros(device: torch.device, *shape: int) -> Tensor:
     return torch.zeros(shape, dtype=torch.float64, device=device)
 
 
-def _moment_raw(fro: Tensor, sxy: Tensor, sx: Tensor, sy: Tensor, a: Tensor, b: Tensor, ab: Tensor, bx: Tensor,
-                ay: Tensor, n: int, unbiased: bool) -> Tensor:
-    """Raw HSIC from uncentred sums over items (broadcasting over leading dims), with c = X^T Y: fro = ||c||_F^2,
-    sxy = sx^T c sy, sx = sum x_i, sy = sum y_i, a = sum ||x_i||^2, b = sum ||y_i||^2, ab = sum ||x_i||^2 ||y_i||^2,
-    bx = sum ||y_i||^2 x_i, ay = sum ||x_i||^2 y_i. Biased: ||c - sx sy^T / n||_F^2. Unbiased, with K = X X^T:
-    tr(K~L~) = ||c||^2 - ab, 1'K~1 = ||sx||^2 - a, and 1'K~L~1 = sum_i (x_i.sx - ||x_i||^2)(y_i.sy - ||y_i||^2)
-    = sx^T c sy - sx.bx - sy.ay + ab."""
-    ssx, ssy = sx.square().sum(-1), sy.square().sum(-1)
+def _add_product(total: Tensor, a: Tensor, b: Tensor) -> None:
+    """total += a @ b (batched or not): one fused call when the dtypes agree, else the product in a's dtype."""
+    if a.dtype == total.dtype:
+        (total.baddbmm_ if total.ndim == 3 else total.addmm_)(a, b)
+    else:
+        total += a @ b
+
+
+def _moment_raw(fro: Tensor, sxy: Tensor, ssx: Tensor, ssy: Tensor, sxbx: Tensor, syay: Tensor, a: Tensor,
+                b: Tensor, ab: Tensor, n: int | Tensor, unbiased: bool) -> Tensor:
+    """Raw HSIC from uncentred sums over items (broadcasting), with c = X^T Y, sx = sum x_i, sy = sum y_i,
+    bx = sum ||y_i||^2 x_i and ay = sum ||x_i||^2 y_i: fro = ||c||_F^2, sxy = sx^T c sy, ssx = ||sx||^2,
+    ssy = ||sy||^2, sxbx = sx.bx, syay = sy.ay, a = sum ||x_i||^2, b = sum ||y_i||^2, ab = sum ||x_i||^2 ||y_i||^2.
+    Biased: ||c - sx sy^T / n||_F^2. Unbiased, with K = X X^T: tr(K~L~) = ||c||^2 - ab, 1'K~1 = ||sx||^2 - a, and
+    1'K~L~1 = sum_i (x_i.sx - ||x_i||^2)(y_i.sy - ||y_i||^2) = sx^T c sy - sx.bx - sy.ay + ab."""
     if not unbiased:
         return fro - 2 * sxy / n + ssx * ssy / n**2
-    return _song(fro - ab, ssx - a, ssy - b, sxy - (sx * bx).sum(-1) - (sy * ay).sum(-1) + ab, n)
+    return _song(fro - ab, ssx - a, ssy - b, sxy - sxbx - syay + ab, n)
 
 
 class _Side:
@@ -205,15 +213,17 @@ class _Side:
         self.s, self.xx, self.ax = _zeros(device, L, d), _zeros(device, L, d, d), _zeros(device, L, d)
         self.a, self.aa = _zeros(device, L), _zeros(device, L)
 
-    def update(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Add a batch `[L, b, d]`; returns it shifted, in float64, and its squared row norms `[L, b]`."""
+    def update(self, x: Tensor, product_dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+        """Add a batch `[L, b, d]` (its X^T X formed in `product_dtype`); returns it shifted, in float64, and its
+        squared row norms `[L, b]`."""
         x = x.to(self.s.device, torch.float64)
         if self.shift is None:
             self.shift = x.mean(1, keepdim=True)
         x = x - self.shift
         sq = x.square().sum(-1)
         self.s += x.sum(1)
-        self.xx.baddbmm_(x.mT, x)
+        xp = x.to(product_dtype)
+        _add_product(self.xx, xp.mT, xp)
         self.a += sq.sum(1)
         self.aa += sq.square().sum(1)
         self.ax += (sq[:, :, None] * x).sum(1)
@@ -223,7 +233,8 @@ class _Side:
         """Raw HSIC of each layer with itself, `[L]`."""
         fro = torch.linalg.matrix_norm(self.xx).square()
         sxs = ((self.s[:, None] @ self.xx).squeeze(1) * self.s).sum(-1)
-        return _moment_raw(fro, sxs, self.s, self.s, self.a, self.a, self.aa, self.ax, self.ax, n, unbiased)
+        ss, sax = self.s.square().sum(-1), (self.s * self.ax).sum(-1)
+        return _moment_raw(fro, sxs, ss, ss, sax, sax, self.a, self.a, self.aa, n, unbiased)
 
 
 class CKAAccumulator:
@@ -235,12 +246,17 @@ class CKAAccumulator:
     about L*M*d_x*d_y*8 bytes, whatever n; past that use `MinibatchCKA` (see `cka_accumulator`). Both estimators
     come from the same sums: `unbiased` is `result`'s default. Batches are held until `buffer_rows` pairs arrived,
     so each pass over X^T Y serves many pairs; inputs of any dtype and device are moved to `device`.
+    `product_dtype` float32 forms each held batch's X^T Y and X^T X in float32 (about half the time on a CPU)
+    before they join the float64 sums, unless the inputs are float64; the result is then off by about 1e-6 relative,
+    far below float16 states' own precision (for controls such as the permutation null).
     """
 
     def __init__(self, L: int, M: int, d_x: int, d_y: int, unbiased: bool = False,
-                 device: torch.device | str | None = None, buffer_rows: int = 1024) -> None:
+                 device: torch.device | str | None = None, buffer_rows: int = 1024,
+                 product_dtype: torch.dtype = torch.float64) -> None:
         device = _device(device)
         self.unbiased, self.buffer_rows, self.d = unbiased, max(buffer_rows, 1), (d_x, d_y)
+        self.product_dtype = product_dtype
         self._n = 0  # pairs in the sums; the held ones come on top
         self._rows = _Rows(L, M, device)
         self._x, self._y = _Side(L, d_x, device), _Side(M, d_y, device)
@@ -267,8 +283,9 @@ class CKAAccumulator:
 
     def _add(self, xs: Tensor, ys: Tensor) -> None:
         """Add held pairs (at least one) to the sums."""
-        (x, a), (y, b) = self._x.update(xs), self._y.update(ys)
-        self._xy.addmm_(x.transpose(0, 1).flatten(1).T, y.transpose(0, 1).flatten(1))
+        dtype = torch.promote_types(torch.promote_types(xs.dtype, ys.dtype), self.product_dtype)
+        (x, a), (y, b) = self._x.update(xs, dtype), self._y.update(ys, dtype)
+        _add_product(self._xy, x.to(dtype).transpose(0, 1).flatten(1).T, y.to(dtype).transpose(0, 1).flatten(1))
         self._ab += a @ b.T
         self._bx += b @ x
         self._ay += torch.einsum("lb,mbe->lme", a, y)
@@ -284,8 +301,9 @@ class CKAAccumulator:
         (L, d_x), (M, d_y) = x.s.shape, y.s.shape
         fro = torch.linalg.vector_norm(self._xy.view(L, d_x, M, d_y), dim=(1, 3)).square()
         sxy = ((x.s[:, None] @ self._xy.view(L, d_x, M * d_y)).view(L, M, d_y) * y.s).sum(-1)
-        hxy = _moment_raw(fro, sxy, x.s[:, None], y.s[None], x.a[:, None], y.a[None], self._ab, self._bx, self._ay,
-                          n, unbiased)
+        sxbx, syay = (x.s[:, None] * self._bx).sum(-1), (y.s[None] * self._ay).sum(-1)
+        hxy = _moment_raw(fro, sxy, x.s.square().sum(-1)[:, None], y.s.square().sum(-1)[None], sxbx, syay,
+                          x.a[:, None], y.a[None], self._ab, n, unbiased)
         return _cka(hxy, x.raw(n, unbiased), y.raw(n, unbiased))
 
 
@@ -326,14 +344,68 @@ class MinibatchCKA:
         return _cka(*sums)
 
 
+def weighted_cka(xs: Tensor, ys: Tensor, weights: Tensor, unbiased: bool = False, block_bytes: int = 2**26
+                 ) -> Tensor:
+    """CKA `[R, L, M]` float64 of R weightings of the same aligned pairs xs `[L, n, d_x]`, ys `[M, n, d_y]`:
+    weights `[R, n]` (non-negative integers), pair i counted weights[r, i] times, equal up to rounding to
+    `cross_layer_cka` of the pairs repeated so (e.g. item resamples of a bootstrap).
+
+    Gram form, in float64 on rows shifted by their mean: every sum `_moment_raw` needs is a weighted sum over the
+    Grams K_l = X_l X_l^T and G_m = Y_m Y_m^T, e.g. ||X^T W Y||^2 = sum_ij w_i w_j K_ij G_ij and sx.x_i = (K w)_i.
+    The Grams' upper triangles are formed a block of rows at a time, with the products K_l * G_m, K_l * K_l and
+    G_m * G_m of the block (at most `block_bytes`), and every weighting takes its sums from them in one matrix
+    product: cost about n^2 (L d_x + M d_y + R L M) / 2, against R n L M d_x d_y for feature-space sums."""
+    _check_pair(xs, ys)
+    if weights.ndim != 2 or weights.shape[1] != xs.shape[1]:
+        raise ValueError(f"expected weights [R, {xs.shape[1]}], got {tuple(weights.shape)}")
+    w = weights.to(xs.device, torch.float64)
+    n_pairs = w.sum(1)  # [R]
+    for count in n_pairs.tolist():
+        _check_n(int(count), unbiased)
+    x, y = xs.to(torch.float64, copy=True), ys.to(torch.float64, copy=True)
+    x -= x.mean(1, keepdim=True)
+    y -= y.mean(1, keepdim=True)
+    a, b = x.square().sum(-1), y.square().sum(-1)  # [L, n], [M, n]
+    (L, n, _), M, R = x.shape, y.shape[0], len(w)
+    kw = torch.einsum("lnd,rld->rln", x, torch.einsum("rn,lnd->rld", w, x))  # (K w)_i = x_i.sx, [R, L, n]
+    gw = torch.einsum("mnd,rmd->rmn", y, torch.einsum("rn,mnd->rmd", w, y))
+    P = L * M + L + M
+    sums = x.new_zeros(R, P)  # w^T (K_l * G_m) w, then w^T (K_l * K_l) w, w^T (G_m * G_m) w
+    block = max(1, block_bytes // (8 * P * n))
+    buffer = x.new_empty(P, block * n)
+    for start in range(0, n, block):  # the Grams are symmetric: a block of rows against the columns from `start`
+        size, cols = min(block, n - start), n - start
+        k = x[:, start : start + size] @ x[:, start:].mT  # [L, size, cols]
+        g = y[:, start : start + size] @ y[:, start:].mT  # [M, size, cols]
+        products = buffer[:, : size * cols].view(P, size, cols)
+        torch.mul(k[:, None], g, out=products[: L * M].view(L, M, size, cols))
+        torch.mul(k, k, out=products[L * M : L * M + L])
+        torch.mul(g, g, out=products[L * M + L :])
+        ww = w[:, start : start + size, None] * w[:, None, start:]  # [R, size, cols]
+        ww[:, :, size:] *= 2  # (i, j) past the block stands for (j, i) too
+        sums += ww.flatten(1) @ products.flatten(1).T
+    fro, fro_x, fro_y = sums[:, : L * M].view(R, L, M), sums[:, L * M : L * M + L], sums[:, L * M + L :]
+    wkw, wgw = w[:, None] * kw, w[:, None] * gw  # [R, L, n], [R, M, n]
+    ssx, ssy = wkw.sum(-1), wgw.sum(-1)
+    sa, sb = w @ a.T, w @ b.T  # [R, L], [R, M]
+    hxy = _moment_raw(fro, wkw @ gw.mT, ssx[..., None], ssy[:, None], wkw @ b.T, a @ wgw.mT, sa[..., None],
+                      sb[:, None], (w[:, None] * a) @ b.T, n_pairs[:, None, None], unbiased)
+    hxx = _moment_raw(fro_x, (wkw * kw).sum(-1), ssx, ssx, (wkw * a).sum(-1), (wkw * a).sum(-1), sa, sa,
+                      w @ a.square().T, n_pairs[:, None], unbiased)
+    hyy = _moment_raw(fro_y, (wgw * gw).sum(-1), ssy, ssy, (wgw * b).sum(-1), (wgw * b).sum(-1), sb, sb,
+                      w @ b.square().T, n_pairs[:, None], unbiased)
+    return _cka(hxy, hxx, hyy)
+
+
 def cka_accumulator(L: int, M: int, d_x: int, d_y: int, unbiased: bool, mode: str = "auto", max_bytes: int = 2**31,
-                    device: torch.device | str | None = None) -> CKAAccumulator | MinibatchCKA:
-    """A streaming CKA accumulator: "exact" (`CKAAccumulator`) or "minibatch" (`MinibatchCKA`); "auto" is exact
-    when its sums fit in `max_bytes`."""
+                    device: torch.device | str | None = None, product_dtype: torch.dtype = torch.float64
+                    ) -> CKAAccumulator | MinibatchCKA:
+    """A streaming CKA accumulator: "exact" (`CKAAccumulator`, batch products in `product_dtype`) or "minibatch"
+    (`MinibatchCKA`); "auto" is exact when its sums fit in `max_bytes`."""
     if mode == "auto":
         mode = "exact" if CKAAccumulator.nbytes(L, M, d_x, d_y) <= max_bytes else "minibatch"
     if mode == "exact":
-        return CKAAccumulator(L, M, d_x, d_y, unbiased, device)
+        return CKAAccumulator(L, M, d_x, d_y, unbiased, device, product_dtype=product_dtype)
     if mode == "minibatch":
         return MinibatchCKA(L, M, unbiased, device)
     raise ValueError(f"unknown mode {mode!r}; expected 'auto', 'exact' or 'minibatch'")

@@ -5,18 +5,19 @@ alignment configurations.
 Shapes: a CKA matrix is `[L, M]` (speech layer l, text layer m); an item's states are hs `[L, Ts, d_x]`,
 ht `[M, Tt, d_y]`; an item's aligned rows are xs `[L, k, d_x]`, ys `[M, k, d_y]` (from `dtw.aligned_pairs`).
 Readouts are `cka.cka_readouts`' (best = argmax over text layers; band = text layers within tau of the row max).
-Accumulators are `cka.cka_accumulator`'s unless a factory `(L, M, d_x, d_y) -> accumulator` is given.
+The null's accumulators are `cka.cka_accumulator`'s unless a factory `(L, M, d_x, d_y) -> accumulator` is given.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from .baselines import derangement, proportional_pairs
-from .cka import CKAAccumulator, MinibatchCKA, cka_accumulator, cka_readouts, matrix_agreement
+from .cka import CKAAccumulator, MinibatchCKA, cka_accumulator, cka_readouts, matrix_agreement, weighted_cka
 
 Accumulator = CKAAccumulator | MinibatchCKA
 AccumulatorFactory = Callable[[int, int, int, int], Accumulator]
@@ -25,13 +26,6 @@ AccumulatorFactory = Callable[[int, int, int, int], Accumulator]
 def accumulator_result(acc: Accumulator, unbiased: bool) -> Tensor:
     """`[L, M]` CKA of an accumulator under one estimator (an exact accumulator holds both; a minibatch one its own)."""
     return acc.result(unbiased) if isinstance(acc, CKAAccumulator) else acc.result()
-
-
-def _factory(make: AccumulatorFactory | None, unbiased: bool, device: torch.device | str | None
-             ) -> AccumulatorFactory:
-    if make is not None:
-        return make
-    return lambda L, M, d_x, d_y: cka_accumulator(L, M, d_x, d_y, unbiased, mode="auto", device=device)
 
 
 # --- permutation null ------------------------------------------------------------------------------------------------
@@ -89,7 +83,7 @@ class CKAPermutationNull:
         if n_perm < 2 or block < 2:
             raise ValueError(f"need n_perm >= 2 and block >= 2, got {n_perm} and {block}")
         self.n_perm, self.block, self.unbiased, self.with_matched = n_perm, block, unbiased, matched
-        self._make = _factory(make_accumulator, unbiased, device)
+        self._make = make_accumulator or partial(cka_accumulator, unbiased=unbiased, device=device)
         self._gen = torch.Generator().manual_seed(seed)
         self._accs: list[Accumulator] = []
         self._matched: Accumulator | None = None
@@ -188,40 +182,39 @@ class BootstrapReadouts:
 
 
 def item_cka(items: Sequence[tuple[Tensor, Tensor]], weights: Sequence[int] | Tensor | None = None,
-             unbiased: bool = False, make_accumulator: AccumulatorFactory | None = None) -> Tensor:
+             unbiased: bool = False) -> Tensor:
     """CKA `[L, M]` of the items' aligned rows (xs `[L, k_a, d_x]`, ys `[M, k_a, d_y]` each), item a counted
     weights[a] times (default once): equal to CKA of the rows of a resample with those multiplicities."""
-    xs0, ys0 = items[0]
-    acc = _factory(make_accumulator, unbiased, xs0.device)(xs0.shape[0], ys0.shape[0], xs0.shape[-1], ys0.shape[-1])
-    counts = [1] * len(items) if weights is None else [int(w) for w in weights]
-    for (xs, ys), w in zip(items, counts, strict=True):
-        if w:  # a drawn item's rows, repeated w times: one update, the accumulator is indifferent to row order
-            acc.update(xs.repeat(1, w, 1), ys.repeat(1, w, 1))
-    return accumulator_result(acc, unbiased).double()
+    counts = torch.ones(len(items)) if weights is None else torch.as_tensor(weights)
+    return resampled_cka(items, counts[None], unbiased)[0]
+
+
+def resampled_cka(items: Sequence[tuple[Tensor, Tensor]], weights: Tensor, unbiased: bool = False) -> Tensor:
+    """CKA `[R, L, M]` of R resamples of the items (`item_cka`), item a counted weights[r, a] times in resample r
+    (weights `[R, items]`): one `cka.weighted_cka` over all the rows."""
+    xs, ys = torch.cat([x for x, _ in items], 1), torch.cat([y for _, y in items], 1)
+    sizes = torch.tensor([x.shape[1] for x, _ in items])
+    return weighted_cka(xs, ys, weights.repeat_interleave(sizes, dim=1), unbiased)
 
 
 def bootstrap_readouts(items: Sequence[tuple[Tensor, Tensor]], n_boot: int = 200, seed: int = 0, tau: float = 0.95,
-                       unbiased: bool = False, make_accumulator: AccumulatorFactory | None = None
-                       ) -> BootstrapReadouts:
+                       unbiased: bool = False) -> BootstrapReadouts:
     """Bootstrap agreement over items of the best-match and band readouts.
 
     `items`: per item its aligned rows (xs `[L, k_a, d_x]`, ys `[M, k_a, d_y]`, as the CKA accumulators got them).
     These rows are the per-item sufficient statistic kept: a resample (n item draws with replacement, seeded
-    multinomial multiplicities) streams each drawn item's rows into a fresh accumulator, so nothing is re-extracted
-    or re-aligned; k_a (L + M) d numbers per item, far fewer than per-item feature sums (L M d_x d_y) when k_a < d.
-    Cost per resample: one CKA over all pairs.
+    multinomial multiplicities) weights each item's rows by its multiplicity, so nothing is re-extracted or
+    re-aligned; k_a (L + M) d numbers per item. All resamples and the full data share one pass over the rows' Grams
+    (`resampled_cka`): cost about (sum k_a)^2 L M per resample.
     """
     if len(items) < 2:
         raise ValueError(f"a bootstrap over items needs at least 2 items, got {len(items)}")
-    full = item_cka(items, None, unbiased, make_accumulator)
-    best, width = cka_readouts(full, tau)
-    band = band_mask(full, tau)
     gen = torch.Generator().manual_seed(seed)
     n = len(items)
-    boots = []
-    for _ in range(n_boot):
-        draws = torch.randint(n, (n,), generator=gen)
-        boots.append(item_cka(items, torch.bincount(draws, minlength=n), unbiased, make_accumulator))
+    counts = [torch.bincount(torch.randint(n, (n,), generator=gen), minlength=n) for _ in range(n_boot)]
+    full, *boots = resampled_cka(items, torch.stack([torch.ones(n, dtype=torch.long), *counts]), unbiased)
+    best, width = cka_readouts(full, tau)
+    band = band_mask(full, tau)
     stacked = torch.stack(boots)  # [B, L, M]
     boot_best, boot_width = zip(*(cka_readouts(m, tau) for m in stacked))
     boot_best, boot_width = torch.stack(boot_best), torch.stack(boot_width)

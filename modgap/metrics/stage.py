@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from .dtw import aligned_pairs
 from .base_layers import BaseLayerSensitivity
 from .item import DTWConfig, ItemStates, base_paths, dtw_layer_truth, dtw_score, layer_metrics, layer_paths
 from .moments import MomentAccumulator, standardized_l2
-from .null import CKAPermutationNull, accumulator_result, bootstrap_readouts, readout_stability
+from .null import AccumulatorFactory, CKAPermutationNull, accumulator_result, bootstrap_readouts, readout_stability
 from .options import CKAOptions, MetricsOptions
 from .synchrony import shuffled_synchrony, update_synchrony
 
@@ -108,7 +109,9 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
                  ) -> Iterator[StoredItem]:
     """Stream the items of one store at `layers` (`word_spans`: item id -> true word spans `[W, 2]` in ms)."""
     reader = StoreReader(store)
-    pos = {c: reader.positions(c) for c in ("S", "T")}
+    positions = {c: reader.positions(c) for c in ("S", "T")}
+    speech_ms = positions["S"][["start_ms", "end_ms"]].to_numpy(np.float32)
+    text_words = positions["T"]["word"].to_numpy(np.int64)
     off = {c: reader.offsets(c) for c in ("S", "T")}
     table = reader.items_table()
     readouts = layer_readouts(reader, layers)
@@ -116,12 +119,10 @@ def stored_items(store: str | Path, word_spans: dict[str, np.ndarray], device: t
         item_id = reader.items[i]
         if item_id not in word_spans:
             raise KeyError(f"store {store}: item {item_id} is not in the corpus table")
-        s = pos["S"].iloc[off["S"][i]: off["S"][i + 1]]
-        t = pos["T"].iloc[off["T"][i]: off["T"][i + 1]]
         states = ItemStates(
             hs=hs.to(device), ht=ht.to(device),
-            speech_ms=torch.tensor(s[["start_ms", "end_ms"]].to_numpy(np.float32), device=device),
-            text_words=torch.tensor(t["word"].to_numpy(np.int64), device=device),
+            speech_ms=torch.tensor(speech_ms[off["S"][i]: off["S"][i + 1]], device=device),
+            text_words=torch.tensor(text_words[off["T"][i]: off["T"][i + 1]], device=device),
             word_spans_ms=torch.as_tensor(word_spans[item_id], dtype=torch.float32, device=device),
         )
         yield StoredItem(item_id, float(table["score_S"][i]), float(table["score_T"][i]), states,
@@ -142,13 +143,18 @@ def batches(stores: list[str], word_spans: dict[str, np.ndarray], device: torch.
         yield batch
 
 
-def estimator_accumulators(n: int, d: int, cka: CKAOptions, device: torch.device) -> dict[str, CKAAccumulator | MinibatchCKA]:
+def accumulator_factory(cka: CKAOptions, device: torch.device) -> AccumulatorFactory:
+    """`(L, M, d_x, d_y, unbiased=False) -> accumulator`: `cka.cka_accumulator` in the configured mode and memory
+    cap, on `device` (the configurations', the true-word pairing's and the null's accumulators)."""
+    return partial(cka_accumulator, unbiased=False, mode=cka.mode, max_bytes=cka.max_bytes, device=device)
+
+
+def estimator_accumulators(n: int, d: int, make: AccumulatorFactory) -> dict[str, CKAAccumulator | MinibatchCKA]:
     """One CKA accumulator per estimator over `n` speech and text layers of width d; the exact accumulator holds the
     sums of both estimators, so it is shared (half the memory of one per estimator)."""
-    make = lambda unbiased: cka_accumulator(n, n, d, d, unbiased, mode=cka.mode, max_bytes=cka.max_bytes,  # noqa: E731
-                                            device=device)
-    biased = make(False)
-    return {"biased": biased, "unbiased": biased if isinstance(biased, CKAAccumulator) else make(True)}
+    biased = make(n, n, d, d)
+    unbiased = biased if isinstance(biased, CKAAccumulator) else make(n, n, d, d, unbiased=True)
+    return {"biased": biased, "unbiased": unbiased}
 
 
 class MetricsRun:
@@ -166,14 +172,13 @@ class MetricsRun:
         self.subjects = dict(zip(corpus["id"], corpus["subject"]))
         self.configs = dtw_configs(options, self.layers, first.manifest["model"], model_depth(first))
         n, d, cka = len(self.layers), first.manifest["d"], options.cka
-        self.cka = {c.label: estimator_accumulators(n, d, cka, device) for c in self.configs}
-        self.cka[TRUTH] = estimator_accumulators(n, d, cka, device)
+        make = accumulator_factory(cka, device)
+        self.cka = {c.label: estimator_accumulators(n, d, make) for c in self.configs}
+        self.cka[TRUTH] = estimator_accumulators(n, d, make)
         self.n_truth = 0  # items with at least one true-word pair
         self.moments = {"dtw": MomentAccumulator((n, d), device=device), TRUTH: MomentAccumulator((n, d), device=device)}
-        self.null = CKAPermutationNull(
-            cka.n_perm, options.seed, device=device,
-            make_accumulator=lambda L, M, dx, dy: cka_accumulator(L, M, dx, dy, False, mode=cka.mode,
-                                                                   max_bytes=cka.max_bytes, device=device))
+        self.null = CKAPermutationNull(cka.n_perm, options.seed, device=device,  # a control: float32 products suffice
+                                       make_accumulator=partial(make, product_dtype=torch.float32))
         self.boot_rows: list[tuple[Tensor, Tensor]] = []  # default-pairing rows per item, for the readout bootstrap
         self.random = torch.Generator().manual_seed(options.seed)
         self.shuffle = torch.Generator().manual_seed(options.seed)  # the synchrony control's derangements
@@ -205,7 +210,7 @@ class MetricsRun:
             mincost = dtw_layer_truth(states, layer_paths([m["cos"] - 1 for m in matrices], default.band))
             synchrony: dict[str, dict[str, Tensor]] = {}
             for config in self.configs:
-                for b, path in zip(batch, base_paths(scores[config.metric], config)):
+                for b, path in zip(batch, self._base_paths(config, scores, paths)):
                     xs, ys = aligned_pairs(b.states.hs, b.states.ht, path, self.options.pairs)
                     self._accumulate(config.label, xs, ys)
                     if config == default:
@@ -227,6 +232,15 @@ class MetricsRun:
                 values = {**layer_metrics(b.states, mats), **gt, **synchrony[b.id], "sync_truth": sync_truth,
                           "gt_hit_dtw_mincost": mc["gt_hit_dtw"], "gt_miss_ms_dtw_mincost": mc["gt_miss_ms_dtw"]}
                 self._add_rows(b, values | self._baselines(b.states, values))
+
+    def _base_paths(self, config: DTWConfig, scores: dict[str, list[Tensor]], layer_paths: list[list[Tensor]]
+                    ) -> list[Tensor]:
+        """One DTW path per item of the batch at `config`'s base layer: taken from the default configuration's
+        every-layer paths `layer_paths` when `config` shares its metric and band, else computed from `scores`."""
+        default = self.configs[0]
+        if (config.metric, config.band) == (default.metric, default.band):
+            return [item_paths[config.base] for item_paths in layer_paths]
+        return base_paths(scores[config.metric], config)
 
     def _truth_rows(self, x: ItemStates) -> tuple[Tensor, Tensor] | None:
         """True-word pairing rows `([layers, n, d], [layers, n, d])` of one item, None when no token has a pair."""
