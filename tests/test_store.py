@@ -64,7 +64,7 @@ def files(root: Path) -> dict[str, bytes]:
 def test_round_trip_exact(tmp_path, dtype):
     tdt = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     items = make_items(7, dtype=tdt)
-    r = write(tmp_path / "s.zarr", items, dtype=dtype, zstd_level=None if dtype == "float32" else 1)
+    r = write(tmp_path / "s.zarr", items, dtype=dtype, compression="none" if dtype == "float32" else "zstd")
     assert r.items == [x["id"] for x in items] and r.manifest["n_items"] == 7 and r.manifest["extra"] == {"shard": 0}
     for c in "ST":
         for i, h in r.iter_items(c):
@@ -126,7 +126,7 @@ def test_chunk_size_realistic(tmp_path):
             assert 1 << 20 <= chunk_positions(d, dtype) * d * size <= 4 << 20
     p = chunk_positions(3584)  # Qwen2-Audio's LLM: 292 positions, 2.0 MiB
     assert math.ceil(750 / p) + 1 <= 4  # one layer of 30 s of audio (750 positions) touches <= 4 chunks
-    w = StoreWriter(tmp_path / "big.zarr", **{**SETUP, "layers": range(33), "d": 3584, "positions_per_chunk": None},
+    w = StoreWriter(tmp_path / "big.zarr", **{**SETUP, "layers": range(33), "d": 3584, "positions_per_chunk": None}, compression="none",
                     background=False)  # creates the arrays; writes no data
     assert zarr.open_array(w.partial / "S" / "hidden", mode="r").chunks == (1, p, 3584)
     assert not (tmp_path / "big.zarr").exists()
@@ -228,7 +228,7 @@ def test_bitround_effect_on_metrics(tmp_path):
     (shared large dimensions), as in deep layers. On disk the hidden chunks take at most what
     `disk_factor` (13/16 of fp16) predicts; here 0.78 of the raw bytes, lossless zstd 0.93."""
     items = structured(24, seed=3)
-    kw = {"d": 64, "positions_per_chunk": 256}
+    kw = {"d": 64, "positions_per_chunk": 256, "compression": "zstd"}
     exact, lossy = write(tmp_path / "a.zarr", items, **kw), write(tmp_path / "b.zarr", items, bitround_bits=7, **kw)
     dcos = []
     for i in range(len(items)):

@@ -20,8 +20,8 @@ class Decoding:
 @dataclass(frozen=True)
 class StatesOptions(StageOptions):
     """datasets (None = all), layers ("all" or layer indices, 0 = input embeddings), store dtype, optional BitRound
-    bits, option-score normalisation, items per shard and per forward, an item cap, the readouts to run, how multiple
-    choice is scored and how answers are generated."""
+    bits, hidden-state compression, option-score normalisation, items per shard and per forward, an item cap, the
+    readouts to run, how multiple choice is scored and how answers are generated."""
 
     section: ClassVar[str] = "states"
 
@@ -29,6 +29,7 @@ class StatesOptions(StageOptions):
     layers: Literal["all"] | tuple[int, ...]
     dtype: str
     bitround_bits: int | None
+    compression: Literal["auto", "zstd", "none"]
     norm: str
     shard_items: int
     batch_items: int
