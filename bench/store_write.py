@@ -2,6 +2,7 @@
 
 Usage: python bench/store_write.py [--items 64] [--layers 33] [--positions 60] [--d 4096] [--batch 8]
                                    [--compute-ms 0] [--repeat 3] [--bitround 7 5 3] [--dir DIR]
+                                   [--chunk-positions P]
 Data: `items` items with `positions` positions per condition (S and T), float16, Gaussian with log-normal
 per-dimension scales (lossless zstd gains almost nothing on them), in batches of `batch` items; the defaults are a
 paper shape (33 states x d=4096, 2.1 GB).
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import zarr
 
-from modgap.states.store import CondBatch, StoreWriter
+from modgap.states.store import CondBatch, StoreWriter, chunk_positions
 
 MODES = {"zstd": {"compression": "zstd"}, "none": {"compression": "none"}, "auto": {"compression": "auto"}}
 BLOCK = 16 << 20  # bytes per os.write of the raw write
@@ -78,7 +79,8 @@ def run(path: Path, data: list, args: argparse.Namespace, compute_s: float, keep
     """Seconds to write `data` to a new store at `path` (then fsync it if `sync`), sleeping `compute_s` before each
     batch."""
     t0 = time.perf_counter()
-    with StoreWriter(path, model="bench", layers=range(args.layers), d=args.d, n_options=4, **kw) as w:
+    with StoreWriter(path, model="bench", layers=range(args.layers), d=args.d, n_options=4,
+                     positions_per_chunk=getattr(args, "chunk_positions", None), **kw) as w:
         for ids, conds in data:
             time.sleep(compute_s)
             w.append(ids, conds)
@@ -105,11 +107,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds (raw and every mode each round)")
     ap.add_argument("--bitround", type=int, nargs="*", default=[], help="mantissa bits for the on-disk sizes")
     ap.add_argument("--dir", default=None, help="where to write (default: the temporary directory)")
+    ap.add_argument("--chunk-positions", type=int, default=None, help="positions per chunk (default: the store's)")
     args = ap.parse_args()
     data = batches(args)
     mb = 2 * args.items * args.positions * args.layers * args.d * 2 / 1e6
     print(f"{args.items} items x 2 conditions x {args.positions} positions x {args.layers} layers x d={args.d} "
-          f"fp16 = {mb:.1f} MB in {len(data)} batches; {args.repeat} rounds; {os.cpu_count()} cores")
+          f"fp16 = {mb:.1f} MB in {len(data)} batches; {args.repeat} rounds; {os.cpu_count()} cores; "
+          f"{args.chunk_positions or chunk_positions(args.d)} positions per chunk")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         seconds: dict[str, list[float]] = {m: [] for m in ("raw", *MODES)}
         disk, chosen = {}, {}
