@@ -46,7 +46,7 @@ ITEM_FIELDS = ("pred", "correct", "score", "loglik", "response", "reason")
 TEXT_FIELDS = ("response", "reason")  # per-item strings
 DTYPES = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32),
           "bfloat16": (np.uint16, torch.bfloat16)}
-CHUNK_BYTES = 4 << 20  # target size of one hidden chunk (`chunk_positions`)
+CHUNK_BYTES = 8 << 20  # target size of one hidden chunk (`chunk_positions`)
 ITEM_CHUNK, POS_CHUNK = 4096, 65536  # chunk lengths of the small per-item and per-position arrays
 _EXP_BITS = {"float16": 5, "float32": 8}
 ZSTD_LEVEL = 1
@@ -64,14 +64,14 @@ def chunk_positions(d: int, dtype: str = "float16", target: int = CHUNK_BYTES) -
 
     One layer per chunk, because the analyses read (item, layer) slices: with all L layers in one chunk, P would
     be ~16 positions at L=33, d=3584, and one layer of one item would decode 33x the bytes it needs. With
-    `[1, P, d]` an item of T positions touches ceil(T/P)+1 chunks per layer (P=585 at d=3584 fp16: <= 3 chunks
+    `[1, P, d]` an item of T positions touches ceil(T/P)+1 chunks per layer (P=1170 at d=3584 fp16: <= 2 chunks
     for 30 s of audio), and all layers of an item touch L times that, wasting only the edges.
-    Why 4 MiB (P=512 at d=4096 fp16): the writer pays a fixed cost per chunk (a file, zarr's event loop, the
-    checksum's copy), a third of the write time at 1 MiB on 2 busy cores, and bench/store_write.py measured the
-    writer at 0.8 of the disk's raw speed only from 4 MiB up. The metrics stage streams items
-    (`StoreReader.iter_items`) and decodes each chunk once whatever P is, holding one row of chunks: L x P x d
-    (138 MB at 33 x 512 x 4096 fp16) per condition; a single-item read (`StoreReader.hidden`, heatmaps) of a 60
-    position item decodes 1-2 chunks per layer, up to 17x the bytes it needs, twice the waste of 2 MiB.
+    Why 8 MiB (P=1024 at d=4096 fp16): the writer pays a fixed cost per chunk (a file, a round trip through zarr's
+    event loop); bench/store_write.py at 33 x 4096 fp16 on 2 busy cores (bench/README.md) wrote a median 70-81 MB/s
+    (compression none, auto) with 2 MiB chunks, 90-98 MB/s with 4 MiB and 118-125 MB/s with 8 MiB. The metrics
+    stage streams items (`StoreReader.iter_items`) and decodes each chunk once whatever P is, holding one row of
+    chunks: L x P x d (277 MB at 33 x 1024 x 4096 fp16) per condition; a single-item read (`StoreReader.hidden`,
+    heatmaps) of a 60 position item decodes 1-2 chunks per layer, up to 34x the bytes it needs (2 MiB: 8.5x).
     """
     return max(1, target // (d * np.dtype(DTYPES[dtype][0]).itemsize))
 
