@@ -47,6 +47,7 @@ TEXT_FIELDS = ("response", "reason")  # per-item strings
 DTYPES = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32),
           "bfloat16": (np.uint16, torch.bfloat16)}
 CHUNK_BYTES = 8 << 20  # target size of one hidden chunk (`chunk_positions`)
+MAX_CHUNK_POSITIONS = 2048  # at most this many positions per hidden chunk (`chunk_positions`)
 ITEM_CHUNK, POS_CHUNK = 4096, 65536  # chunk lengths of the small per-item and per-position arrays
 _EXP_BITS = {"float16": 5, "float32": 8}
 ZSTD_LEVEL = 1
@@ -72,8 +73,10 @@ def chunk_positions(d: int, dtype: str = "float16", target: int = CHUNK_BYTES) -
     stage streams items (`StoreReader.iter_items`) and decodes each chunk once whatever P is, holding one row of
     chunks: L x P x d (277 MB at 33 x 1024 x 4096 fp16) per condition; a single-item read (`StoreReader.hidden`,
     heatmaps) of a 60 position item decodes 1-2 chunks per layer, up to 34x the bytes it needs (2 MiB: 8.5x).
+    At most MAX_CHUNK_POSITIONS: zarr writes a store's last, short row of chunks whole, and without zstd its padding
+    stays on disk, so small d (lab models, tests) must not get chunks of tens of thousands of positions.
     """
-    return max(1, target // (d * np.dtype(DTYPES[dtype][0]).itemsize))
+    return max(1, min(MAX_CHUNK_POSITIONS, target // (d * np.dtype(DTYPES[dtype][0]).itemsize)))
 
 
 def disk_factor(dtype: str = "float16", bitround_bits: int | None = None) -> float:
