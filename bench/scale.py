@@ -1,7 +1,7 @@
 """How the cost of the per-shard jobs grows with items and with parallel jobs, and what a paper-scale study needs.
 
 Usage: python bench/scale.py [--items 50] [--model DIR] [--table PARQUET] [--bitround 7] [--paper-only]
-                             [--gpu-tflops 250] [--host-ms 30] [--write-mb-s 400] [--load-s 60] [--shard-items 256]
+                             [--gpu-tflops 250] [--host-ms 30] [--write-mb-s 125] [--load-s 60] [--shard-items 256]
                              [--paper-items 3000] [--paper-layers 33] [--paper-d 4096]
 
 1. Growth: one job over N, then 4N items (`--items` N, default 50; the lab test split has 200). Each job is a fresh
@@ -191,7 +191,7 @@ def paper_scale(args: argparse.Namespace, measured: dict[str, str] | None = None
     write = args.write_mb_s
     if not write:
         write = write_speed_mb_s(L, d)
-        measured["write_mb_s"] = "measured here: StoreWriter, zstd 1 + crc32c, one writer thread"
+        measured["write_mb_s"] = "measured here: StoreWriter, default compression + crc32c, one writer thread"
     print(f"\n== paper scale: {n:,} items x {L} states x d={d}, S and T, float16 (Qwen2-Audio-7B geometry)")
     print(f"{'style':>7} {'S pos':>6} {'T tok':>6} {'fp16 GB':>8} {f'BitRound{args.bitround} GB':>12} "
           f"{'GPU h':>6}   {'= compute':>9} {'+ host':>7} {'| write':>7} {'+ loads':>7}")
@@ -207,8 +207,8 @@ def paper_scale(args: argparse.Namespace, measured: dict[str, str] | None = None
         print(f"{style:>7} {pos_s:6.0f} {pos_t:6.0f} {raw / 1e9:8.1f} {rounded / 1e9:12.1f} {total:6.2f}   "
               f"{compute_h:9.2f} {host_h:7.2f} {write_h:7.2f} {load_h:7.2f}")
     tflops_source = measured.get("gpu_tflops", "ASSUMED: about 25% of an H100's dense bf16 peak")
-    write_source = measured.get("write_mb_s", "ASSUMED; 300-500 MB/s measured on the 2-core machines for one "
-                                              "writer thread, ../shared/PLATFORM.md")
+    write_source = measured.get("write_mb_s", "given: the median bench/store_write.py measured at this shape on the "
+                                              "shared 2-core machine, 2026-12-03")
     print(f"GPU h = max(compute + host, write) + loads, per model and dataset. Compute: "
           f"{item_tflop(*ASSUMED_SPANS['letter']):.1f} TFLOP per letter item (bench/flops.py: Whisper encoder over "
           f"30 s, the decoder over prompt ({PROMPT_TOKENS} tokens) and span, {OPTION_TOKENS} option tokens per "
@@ -228,8 +228,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--table", default=ITEMS)
     ap.add_argument("--bitround", type=int, default=7)
     ap.add_argument("--gpu-tflops", type=float, default=250.0, help="forward TFLOP/s (flops.py's count); assumed")
-    ap.add_argument("--write-mb-s", type=float, default=400.0,
-                    help="store writes MB/s; assumed, 0: measure StoreWriter on this machine")
+    ap.add_argument("--write-mb-s", type=float, default=125.0,
+                    help="store writes MB/s (the median bench/store_write.py measured at the paper shape on the shared "
+                         "2-core machine, 2026-12-03); 0: measure StoreWriter on this machine")
     ap.add_argument("--host-ms", type=float, default=30.0)
     ap.add_argument("--load-s", type=float, default=60.0)
     ap.add_argument("--shard-items", type=int, default=256)

@@ -11,8 +11,8 @@ import torch
 import zarr
 from zarr.storage import LocalStore
 
-from modgap.states.store import (CondBatch, CorruptStoreError, StoreReader, StoreWriter, chunk_positions, disk_factor,
-                          estimate_bytes, predictions_table, responses_table)
+from modgap.states.store import (MIN_SAVING, CondBatch, CorruptStoreError, StoreReader, StoreWriter, chunk_positions,
+                                 compression_saving, disk_factor, estimate_bytes, predictions_table, responses_table)
 
 LAYERS, D, P = [0, 3, 5], 8, 16  # P positions per chunk: small, so that items straddle chunks
 ROW_SHAPE, ROW_ITEMS = (2, 3), 3  # a ragged field: [positions, 2, 3] rows for the first 3 items only
@@ -32,7 +32,9 @@ def make_items(n: int, seed: int = 0, dtype: torch.dtype = torch.float32, d: int
             it[c] = {"h": (torch.randn(len(LAYERS), t, d, generator=g) * 3).to(dtype), "seq": np.arange(t) + 7,
                      "word": np.arange(t) // 2, "start_ms": np.arange(t) * 40 if c == "S" else None,
                      "end_ms": np.arange(t) * 40 + 40 if c == "S" else None,
-                     "rows": torch.rand(t if i < ROW_ITEMS else 0, *ROW_SHAPE, generator=g).numpy()}
+                     # a generator of their own: the items' shapes stay those of the tests written before rows
+                     "rows": np.random.default_rng([seed, i]).random((t if i < ROW_ITEMS else 0, *ROW_SHAPE),
+                                                                    np.float32)}
         items.append(it)
     return items
 
@@ -68,7 +70,7 @@ def files(root: Path) -> dict[str, bytes]:
 def test_round_trip_exact(tmp_path, dtype):
     tdt = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     items = make_items(7, dtype=tdt)
-    r = write(tmp_path / "s.zarr", items, dtype=dtype, zstd_level=None if dtype == "float32" else 1)
+    r = write(tmp_path / "s.zarr", items, dtype=dtype, compression="none" if dtype == "float32" else "zstd")
     assert r.items == [x["id"] for x in items] and r.manifest["n_items"] == 7 and r.manifest["extra"] == {"shard": 0}
     for c in "ST":
         for i, h in r.iter_items(c):
@@ -127,10 +129,10 @@ def test_scores_responses_and_reasons(tmp_path):
 def test_chunk_size_realistic(tmp_path):
     for d in (256, 896, 1280, 2048, 3584, 4096, 5120, 8192):
         for dtype, size in (("float16", 2), ("bfloat16", 2), ("float32", 4)):
-            assert 1 << 20 <= chunk_positions(d, dtype) * d * size <= 4 << 20
-    p = chunk_positions(3584)  # Qwen2-Audio's LLM: 292 positions, 2.0 MiB
-    assert math.ceil(750 / p) + 1 <= 4  # one layer of 30 s of audio (750 positions) touches <= 4 chunks
-    w = StoreWriter(tmp_path / "big.zarr", **{**SETUP, "layers": range(33), "d": 3584, "positions_per_chunk": None},
+            assert 1 << 20 <= chunk_positions(d, dtype) * d * size <= 8 << 20
+    p = chunk_positions(3584)  # Qwen2-Audio's LLM: 1170 positions, 8.0 MiB
+    assert math.ceil(750 / p) + 1 <= 2  # one layer of 30 s of audio (750 positions) touches <= 2 chunks
+    w = StoreWriter(tmp_path / "big.zarr", **{**SETUP, "layers": range(33), "d": 3584, "positions_per_chunk": None}, compression="none",
                     background=False)  # creates the arrays; writes no data
     assert zarr.open_array(w.partial / "S" / "hidden", mode="r").chunks == (1, p, 3584)
     assert not (tmp_path / "big.zarr").exists()
@@ -252,7 +254,7 @@ def test_bitround_effect_on_metrics(tmp_path):
     (shared large dimensions), as in deep layers. On disk the hidden chunks take at most what
     `disk_factor` (13/16 of fp16) predicts; here 0.78 of the raw bytes, lossless zstd 0.93."""
     items = structured(24, seed=3)
-    kw = {"d": 64, "positions_per_chunk": 256}
+    kw = {"d": 64, "positions_per_chunk": 256, "compression": "zstd"}
     exact, lossy = write(tmp_path / "a.zarr", items, **kw), write(tmp_path / "b.zarr", items, bitround_bits=7, **kw)
     dcos = []
     for i in range(len(items)):
@@ -311,6 +313,8 @@ def test_writer_checks_and_estimate(tmp_path):
         w.append(["x"], {"S": big, "T": big})
     with pytest.raises(ValueError, match="BitRound needs"):
         StoreWriter(tmp_path / "u.zarr", **SETUP, dtype="bfloat16", bitround_bits=7)
+    with pytest.raises(ValueError, match="BitRound needs"):
+        StoreWriter(tmp_path / "u.zarr", **SETUP, bitround_bits=7, compression="none")
     append(w, make_items(9))
     w.flush()
     assert StoreWriter(tmp_path / "s.zarr", **SETUP, background=False).n_done > 0  # same setup: resumed
@@ -323,3 +327,55 @@ def test_writer_checks_and_estimate(tmp_path):
     # 2 bytes a value in fp16: 100 items x (250 + 40) positions x 33 layers x 3584
     assert estimate_bytes(100, 250, 40, 33, 3584) == 100 * 290 * (33 * 3584 * 2 + 20) + 6400
     assert estimate_bytes(100, 250, 40, range(33), 3584, bitround_bits=7) < 0.82 * estimate_bytes(100, 250, 40, 33, 3584)
+
+
+def hidden_chunk_bytes(path: Path) -> int:
+    return sum(len(v) for f, v in files(path).items() if f.split("/")[1:2] == ["hidden"] and "/c." in f)
+
+
+def test_compression_saving_known_cases():
+    rng = np.random.default_rng(0)
+    assert compression_saving(np.zeros(1 << 16, np.float16)) > 0.99
+    assert compression_saving(rng.integers(0, 256, 1 << 16, dtype=np.uint8)) < 0.01  # random bytes: incompressible
+
+
+@pytest.mark.parametrize("data", ["gaussian", "half_zero"])
+def test_auto_compression(tmp_path, data):
+    """auto keeps zstd only when it saves >= 10%: not on Gaussian fp16 states (random low bytes: ~3%), yes when half
+    of every state is exact zeros; either way the states come back exactly."""
+    d = 64
+    items = make_items(10, seed=4, dtype=torch.float16, d=d)
+    if data == "half_zero":
+        for it in items:
+            for c in "ST":
+                it[c]["h"][..., d // 2:] = 0
+    r = write(tmp_path / "s.zarr", items, d=d)
+    zstd = data == "half_zero"
+    assert r.manifest["compression"] == "auto" and r.manifest["compressor"] == ("zstd" if zstd else "none")
+    assert (r.manifest["compression_saving"] >= MIN_SAVING) == zstd
+    chunks = sum(math.ceil(r.offsets(c)[-1] / P) * len(LAYERS) for c in "ST")
+    raw = chunks * (P * d * 2 + 4)  # an uncompressed chunk: P x d fp16 values and its crc32c
+    assert hidden_chunk_bytes(r.path) < (1 - MIN_SAVING) * raw if zstd else hidden_chunk_bytes(r.path) == raw
+    for c in "ST":
+        for i, h in r.iter_items(c):
+            assert torch.equal(h, items[i][c]["h"])
+
+
+def test_auto_compression_resumed(tmp_path):
+    """A store killed after auto decided (rows written) resumes with the same choice, byte for byte; one killed
+    before the first row is written resumes undecided."""
+    items = make_items(10, seed=5, dtype=torch.float16)
+    kw = {**SETUP, "positions_per_chunk": 32}  # more than an item's positions
+    ref = write(tmp_path / "ref.zarr", items, positions_per_chunk=32)
+    path = tmp_path / "s.zarr"
+    w = StoreWriter(path, **kw, background=False)
+    append(w, items[:1], batch=1)  # fewer than P positions per condition: no row written, nothing decided
+    assert not (w.partial / "S" / "hidden").exists() and "compressor" not in zarr.open_group(w.partial).attrs
+    w = StoreWriter(path, **kw, background=False)
+    assert w.n_done == 0
+    append(w, items[:6])
+    w = StoreWriter(path, **kw, background=False)  # the first process died without close
+    assert 0 < w.n_done < 10
+    append(w, items[w.n_done:])
+    w.close()
+    assert files(path) == files(ref.path)

@@ -20,9 +20,9 @@ class Decoding:
 @dataclass(frozen=True)
 class StatesOptions(StageOptions):
     """datasets (None = all), layers ("all" or layer indices, 0 = input embeddings), store dtype, optional BitRound
-    bits, option-score normalisation, items per shard and per forward, the processes building the next forwards'
-    prompts, an item cap, the readouts to run (and for how many of the first items the attention readout keeps its
-    rows), how multiple choice is scored and how answers are generated."""
+    bits, hidden-state compression, option-score normalisation, items per shard and per forward, the processes
+    building the next forwards' prompts, an item cap, the readouts to run (and for how many of the first items the
+    attention readout keeps its rows), how multiple choice is scored and how answers are generated."""
 
     section: ClassVar[str] = "states"
 
@@ -30,6 +30,7 @@ class StatesOptions(StageOptions):
     layers: Literal["all"] | tuple[int, ...]
     dtype: str
     bitround_bits: int | None
+    compression: Literal["auto", "zstd", "none"]
     norm: str
     shard_items: int
     batch_items: int

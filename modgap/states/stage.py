@@ -74,6 +74,7 @@ def dump_states(adapter: SpeechLM, rows: list[Row], style: str, out_path: str | 
     writer = StoreWriter(
         out_path, model=model_id, layers=layers, d=adapter.hidden_size,
         n_options=max([1, *(len(r.item.choices) for r in rows)]), dtype=options.dtype, bitround_bits=options.bitround_bits,
+        compression=options.compression,
         config_hash=config_hash, extra={"style": style, "norm": options.norm, "family": adapter.family, "n_layers": adapter.n_layers},
         readouts=readout_registry.field_shapes(readouts, adapter), ragged=ragged,
     )

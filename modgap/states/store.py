@@ -19,7 +19,9 @@ Layout (cond: each condition the writer is given, S and T by default; shapes in 
                                             the attention readout's `attn_rows` [n, L+1, heads] of the heatmap items
   {cond}/ragged/{field}/offsets             [items+1] int64: item i owns rows offsets[i]:offsets[i+1] (none: equal)
 Group attributes: the manifest, `n_done` (items committed) and `complete`; a complete store's `skipped` lists the
-items left out, each {id, condition, reason} (`StoreWriter.skip`). Every chunk ends in a crc32c.
+items left out, each {id, condition, reason} (`StoreWriter.skip`); `compressor` (zstd or none: what the hidden
+arrays use, `compression` asked for it) and `compression_saving` (the fraction of the probed bytes zstd saved;
+null when nothing was probed). Every chunk ends in a crc32c.
 One job must own the whole group: zarr has no locks, and two writers in one chunk silently lose data.
 """
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numcodecs
 import numpy as np
 import pandas as pd
 import torch
@@ -47,9 +50,14 @@ ITEM_FIELDS = ("pred", "correct", "score", "loglik", "response", "reason")
 TEXT_FIELDS = ("response", "reason")  # per-item strings
 DTYPES = {"float16": (np.float16, torch.float16), "float32": (np.float32, torch.float32),
           "bfloat16": (np.uint16, torch.bfloat16)}
-CHUNK_BYTES = 2 << 20  # target size of one hidden chunk
+CHUNK_BYTES = 8 << 20  # target size of one hidden chunk (`chunk_positions`)
+MAX_CHUNK_POSITIONS = 2048  # at most this many positions per hidden chunk (`chunk_positions`)
 ITEM_CHUNK, POS_CHUNK = 4096, 65536  # chunk lengths of the small per-item and per-position arrays
 _EXP_BITS = {"float16": 5, "float32": 8}
+ZSTD_LEVEL = 1
+MIN_SAVING = 0.10  # compression "auto" keeps zstd only when it saves at least this fraction of the probed bytes
+WRITE_CONFIG = {"write_empty_chunks": True}  # no all-fill scan of every chunk written (a runtime setting: not stored)
+PROBE_POSITIONS = 64  # positions of every layer that compression "auto" compresses to decide
 
 
 class CorruptStoreError(OSError):
@@ -59,12 +67,20 @@ class CorruptStoreError(OSError):
 def chunk_positions(d: int, dtype: str = "float16", target: int = CHUNK_BYTES) -> int:
     """Positions P per hidden chunk. A chunk is `[1, P, d]`: one layer, P consecutive positions, ~`target` bytes.
 
-    One layer per chunk, because the analyses read (item, layer) slices: with all L layers in a 2 MiB chunk, P
-    would be ~8 positions at L=33, d=3584, and one layer of one item would decode 33x the bytes it needs. With
-    `[1, P, d]` an item of T positions touches ceil(T/P)+1 chunks per layer (P=292 at d=3584 fp16: <= 4 chunks
+    One layer per chunk, because the analyses read (item, layer) slices: with all L layers in one chunk, P would
+    be ~16 positions at L=33, d=3584, and one layer of one item would decode 33x the bytes it needs. With
+    `[1, P, d]` an item of T positions touches ceil(T/P)+1 chunks per layer (P=1170 at d=3584 fp16: <= 2 chunks
     for 30 s of audio), and all layers of an item touch L times that, wasting only the edges.
+    Why 8 MiB (P=1024 at d=4096 fp16): the writer pays a fixed cost per chunk (a file, a round trip through zarr's
+    event loop); bench/store_write.py at 33 x 4096 fp16 on 2 busy cores (bench/README.md) wrote a median 70-81 MB/s
+    (compression none, auto) with 2 MiB chunks, 90-98 MB/s with 4 MiB and 118-125 MB/s with 8 MiB. The metrics
+    stage streams items (`StoreReader.iter_items`) and decodes each chunk once whatever P is, holding one row of
+    chunks: L x P x d (277 MB at 33 x 1024 x 4096 fp16) per condition; a single-item read (`StoreReader.hidden`,
+    heatmaps) of a 60 position item decodes 1-2 chunks per layer, up to 34x the bytes it needs (2 MiB: 8.5x).
+    At most MAX_CHUNK_POSITIONS: zarr writes a store's last, short row of chunks whole, and without zstd its padding
+    stays on disk, so small d (lab models, tests) must not get chunks of tens of thousands of positions.
     """
-    return max(1, target // (d * np.dtype(DTYPES[dtype][0]).itemsize))
+    return max(1, min(MAX_CHUNK_POSITIONS, target // (d * np.dtype(DTYPES[dtype][0]).itemsize)))
 
 
 def disk_factor(dtype: str = "float16", bitround_bits: int | None = None) -> float:
@@ -157,6 +173,11 @@ def _resize(arr: zarr.Array, axis: int, n: int) -> None:
         arr.resize(arr.shape[:axis] + (n,) + arr.shape[axis + 1:])
 
 
+def compression_saving(sample: np.ndarray) -> float:
+    """Fraction of the bytes of `sample` (any array) that zstd at `ZSTD_LEVEL` saves."""
+    return 1 - len(numcodecs.Zstd(level=ZSTD_LEVEL).encode(np.ascontiguousarray(sample))) / max(1, sample.nbytes)
+
+
 def _put(arr: zarr.Array, start: int, values: np.ndarray, axis: int = 0) -> None:
     """Write `values` at `start` along `axis`, growing the array a chunk at a time (`_truncate` sets exact sizes)."""
     end, step = start + values.shape[axis], arr.chunks[axis]
@@ -172,21 +193,27 @@ class StoreWriter:
     is discarded. Resumed, its first `n_done` items (`done_ids`) are committed, the caller appends the items after
     them, and anything written after the last commit is dropped. Items the caller leaves out are recorded with
     `skip`; the records are kept in memory until `close`, so a resumed caller meets its skipped items again.
-    Hidden states are buffered until they fill whole chunks, so each chunk is written once; an item is committed
-    once its positions are in flushed chunks in every condition. `append` moves tensors to CPU and hands them to one writer thread (a queue of 2 batches); the
-    thread's errors are raised by the next `append`, `flush` or `close`.
-    `zstd_level=None` stores uncompressed (still checksummed): zstd level 1 saves 6-21% of fp16 activations and,
-    on 2 busy cores, costs about a third of the write speed (170 vs 260 MB/s for zarr alone).
+    Hidden states are gathered into one row of chunks per condition (`[layers, P, d]`) and the writer thread writes
+    whole chunks, each once, straight from that row or from the batch (no copy when a batch covers whole chunks);
+    an item is committed once its positions are in written chunks in every condition. `append` moves tensors to
+    CPU and hands them to the writer thread (a queue of 2 batches); the thread's errors are raised by the next
+    `append`, `flush` or `close`.
+    `compression`: "zstd" (level `ZSTD_LEVEL`), "none" (still checksummed), or "auto": zstd only if it saves at
+    least `MIN_SAVING` of the first `PROBE_POSITIONS` positions of every layer of the first row of chunks written
+    (BitRound always takes zstd). zstd saves 6-21% of fp16 activations and, on 2 busy cores, costs about a third
+    of the write speed (bench/README.md).
     """
 
     def __init__(self, path: str | Path, *, model: str, layers: Sequence[int], d: int, n_options: int,
                  conds: Sequence[str] = ("S", "T"), dtype: str = "float16", bitround_bits: int | None = None,
-                 zstd_level: int | None = 1, config_hash: str = "", extra: dict | None = None,
+                 compression: str = "auto", config_hash: str = "", extra: dict | None = None,
                  positions_per_chunk: int | None = None, background: bool = True,
                  readouts: dict[str, Sequence[int]] | None = None, ragged: dict[str, Sequence[int]] | None = None
                  ) -> None:
-        if dtype not in DTYPES or (bitround_bits is not None and (dtype == "bfloat16" or zstd_level is None)):
-            raise ValueError(f"dtype {dtype!r}, bitround_bits {bitround_bits}, zstd_level {zstd_level}: BitRound "
+        if compression not in ("auto", "zstd", "none"):
+            raise ValueError(f"compression {compression!r}: expected auto, zstd or none")
+        if dtype not in DTYPES or (bitround_bits is not None and (dtype == "bfloat16" or compression == "none")):
+            raise ValueError(f"dtype {dtype!r}, bitround_bits {bitround_bits}, compression {compression}: BitRound "
                              "needs float16 or float32, and zstd to gain anything")
         self.path, self.partial = Path(path), Path(f"{path}.partial")
         if self.path.exists():
@@ -194,13 +221,14 @@ class StoreWriter:
         self.dtype, self.extra, self.conds = dtype, extra or {}, list(conds)
         self.setup = {"format": "modgap.store/1", "model": model, "config_hash": config_hash,
                       "layers": [int(x) for x in layers], "d": d, "n_options": n_options, "conds": self.conds,
-                      "dtype": dtype, "bitround_bits": bitround_bits, "zstd_level": zstd_level,
+                      "dtype": dtype, "bitround_bits": bitround_bits, "compression": compression,
                       "chunk_positions": positions_per_chunk or chunk_positions(d, dtype),
                       "readouts": {k: [int(x) for x in v] for k, v in (readouts or {}).items()},
                       "ragged": {k: [int(x) for x in v] for k, v in (ragged or {}).items()}}
         self.item_fields = ITEM_FIELDS + tuple(f"readouts/{k}" for k in self.setup["readouts"])
-        self._pending: dict[str, list[np.ndarray]] = {c: [] for c in conds}  # hidden [layers, n, d] not flushed
-        self._base = dict.fromkeys(conds, 0)  # hidden positions flushed, a multiple of chunk_positions
+        self._row: dict[str, np.ndarray] = {}  # [layers, P, d] row of chunks being filled, per condition
+        self._fill = dict.fromkeys(conds, 0)  # positions in the row
+        self._base = dict.fromkeys(conds, 0)  # hidden positions written, a multiple of P until `close`
         self._offsets = {c: np.zeros(1, np.int64) for c in conds}  # of every item appended
         self._ragged_offsets = {f"{c}/ragged/{f}": np.zeros(1, np.int64) for c in conds for f in self.setup["ragged"]}
         self._rows: list[tuple[list[str], dict[str, dict[str, np.ndarray]]]] = []  # metadata not yet written
@@ -224,8 +252,7 @@ class StoreWriter:
         L, d, P, k = (self.setup[x] for x in ("layers", "d", "chunk_positions", "n_options"))
         specs: dict[str, tuple] = {"ids": ((0,), (ITEM_CHUNK,), str, "")}  # name: shape, chunks, dtype, fill
         for c in self.conds:
-            specs |= {f"{c}/hidden": ((len(L), 0, d), (1, P, d), DTYPES[self.dtype][0], 0),
-                      f"{c}/offsets": ((1,), (ITEM_CHUNK,), np.int64, 0),
+            specs |= {f"{c}/offsets": ((1,), (ITEM_CHUNK,), np.int64, 0),
                       **{f"{c}/{f}": ((0,), (POS_CHUNK,), np.int32, -1) for f in POS_FIELDS},
                       f"{c}/pred": ((0,), (ITEM_CHUNK,), np.int16, -1),
                       f"{c}/correct": ((0,), (ITEM_CHUNK,), np.int8, -1),
@@ -237,45 +264,65 @@ class StoreWriter:
             for f, shape in self.setup["ragged"].items():
                 specs |= {f"{c}/ragged/{f}/values": ((0, *shape), (readout_chunk(shape), *shape), np.float32, np.nan),
                           f"{c}/ragged/{f}/offsets": ((1,), (ITEM_CHUNK,), np.int64, 0)}
-        self._group = g = zarr.open_group(self.partial, mode="w",
-                                          attributes={**self.setup, "n_done": 0, "complete": False})
-        bits, bf16, level = self.setup["bitround_bits"], self.dtype == "bfloat16", self.setup["zstd_level"]
+        self._group = zarr.open_group(self.partial, mode="w", attributes={**self.setup, "n_done": 0, "complete": False})
+        self._arrays = {}
+        self._add_arrays(specs, zstd=True)
+        if self.setup["compression"] != "auto" or self.setup["bitround_bits"] is not None:
+            self._create_hidden(None)
+        return 0
+
+    def _add_arrays(self, specs: dict[str, tuple], zstd: bool) -> None:
+        """Create the arrays `specs` (name: shape, chunks, dtype, fill value), zstd-compressed if `zstd`, every chunk
+        checksummed; the hidden ones with BitRound when asked."""
+        bits, bf16 = self.setup["bitround_bits"], self.dtype == "bfloat16"
         with _quiet():
             for name, (shape, chunks, dtype, fill) in specs.items():
                 hidden = name.endswith("/hidden")
-                g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                               filters=[BitRound(keepbits=bits)] if hidden and bits is not None else [],
-                               compressors=([] if level is None else [ZstdCodec(level=level)]) + [Crc32cCodec()],
-                               attributes={"dtype_bits": "bfloat16"} if hidden and bf16 else {},
-                               # flat chunk files (c.0.1.0), not a directory per chunk row; no all-fill scan
-                               chunk_key_encoding={"name": "default", "separator": "."},
-                               config={"write_empty_chunks": True})
-        self._arrays = _arrays(g)
-        return 0
+                self._arrays[name] = self._group.create_array(
+                    name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                    filters=[BitRound(keepbits=bits)] if hidden and bits is not None else [],
+                    compressors=([ZstdCodec(level=ZSTD_LEVEL)] if zstd else []) + [Crc32cCodec()],
+                    attributes={"dtype_bits": "bfloat16"} if hidden and bf16 else {},
+                    # flat chunk files (c.0.1.0), not a directory per chunk row
+                    chunk_key_encoding={"name": "default", "separator": "."}, config=WRITE_CONFIG)
+
+    def _create_hidden(self, sample: np.ndarray | None) -> None:
+        """Create every condition's hidden array, compressed as `compression` asks; "auto" decides on `sample`
+        (None: nothing to probe, no zstd). The choice goes to the manifest (`compressor`, `compression_saving`)."""
+        asked, bits = self.setup["compression"], self.setup["bitround_bits"]
+        saving = None if sample is None or asked != "auto" or bits is not None else compression_saving(sample)
+        zstd = asked == "zstd" or bits is not None or (saving is not None and saving >= MIN_SAVING)
+        L, d, P = len(self.setup["layers"]), self.setup["d"], self.setup["chunk_positions"]
+        self._add_arrays({f"{c}/hidden": ((L, 0, d), (1, P, d), DTYPES[self.dtype][0], 0) for c in self.conds}, zstd)
+        self._group.update_attributes({"compressor": "zstd" if zstd else "none", "compression_saving": saving})
 
     def _resume(self) -> int:
-        """Drop what follows the committed items; reload the head of the last, partly filled hidden chunk."""
+        """Drop what follows the committed items; reload the head of the last, partly filled row of hidden chunks
+        (none before the first row is written: "auto" compression is then still undecided)."""
         for stray in self.partial.rglob("*.partial"):  # zarr's atomic-write temp files, left by a kill
             stray.unlink()
         self._group = zarr.open_group(self.partial, mode="r+")
-        self._arrays, P = _arrays(self._group), self.setup["chunk_positions"]
+        self._arrays = {k: a.with_config(WRITE_CONFIG) for k, a in _arrays(self._group).items()}
+        P = self.setup["chunk_positions"]
         n = self._n_rows = int(self._group.attrs["n_done"])
         for c in self.conds:
             self._offsets[c] = self._arrays[f"{c}/offsets"][: n + 1]
             end = int(self._offsets[c][-1])
             self._base[c] = end // P * P
-            self._pending[c] = [self._arrays[f"{c}/hidden"][:, self._base[c]:end]]
+            if end > self._base[c]:
+                self._take(c, self._arrays[f"{c}/hidden"][:, self._base[c]:end])
         for name in self._ragged_offsets:
             self._ragged_offsets[name] = self._arrays[f"{name}/offsets"][: n + 1]
         self._truncate(n)
         return n
 
     def _truncate(self, n: int) -> None:
-        """Size every array exactly for `n` items, the hidden states for their flushed positions."""
+        """Size every array exactly for `n` items, the hidden states for their written positions."""
         a = self._arrays
         _resize(a["ids"], 0, n)
         for c in self.conds:
-            _resize(a[f"{c}/hidden"], 1, self._base[c])
+            if f"{c}/hidden" in a:
+                _resize(a[f"{c}/hidden"], 1, self._base[c])
             _resize(a[f"{c}/offsets"], 0, n + 1)
             for f in POS_FIELDS:
                 _resize(a[f"{c}/{f}"], 0, int(self._offsets[c][n]))
@@ -361,7 +408,7 @@ class StoreWriter:
         self._queue.task_done()
 
     def _write(self, ids: list[str], batches: dict[str, dict[str, np.ndarray]]) -> None:
-        """Buffer a batch, write the hidden states that fill whole chunks, and commit when some did."""
+        """Take a batch, write the rows of hidden chunks it completes, and commit when it completed some."""
         n0, flushed = self._n(), False
         for c, b in batches.items():
             b["item"] = (n0 + np.repeat(np.arange(len(ids)), b["lengths"])).astype(np.int32)
@@ -369,23 +416,44 @@ class StoreWriter:
             for f in self.setup["ragged"]:
                 o = self._ragged_offsets[name := f"{c}/ragged/{f}"]
                 self._ragged_offsets[name] = np.concatenate([o, o[-1] + np.cumsum(b[f"ragged/{f}/lengths"])])
-            self._pending[c].append(b.pop("hidden"))
-            flushed |= self._flush(c, final=False)
+            flushed |= self._take(c, b.pop("hidden"))
         self._rows.append((ids, batches))
         if flushed:
             self._commit()
 
-    def _flush(self, cond: str, final: bool) -> bool:
-        """Write the buffered positions that fill whole chunks (all of them if `final`); keep the rest."""
-        P = self.setup["chunk_positions"]
-        if not self._pending[cond] or (not final and sum(x.shape[1] for x in self._pending[cond]) < P):
-            return False  # nothing appended, or not a whole chunk yet
-        buf = np.concatenate(self._pending[cond], axis=1)
-        n = buf.shape[1] if final else buf.shape[1] // P * P
-        _put(self._arrays[f"{cond}/hidden"], self._base[cond], buf[:, :n], axis=1)
-        self._base[cond] += n
-        self._pending[cond] = [buf[:, n:]]
-        return n > 0
+    def _take(self, cond: str, h: np.ndarray) -> bool:
+        """Add `h` [layers, n, d] to the condition's row of chunks, writing each row it completes (straight from `h`,
+        without a copy, when the row is empty and `h` covers it); True if a row was written."""
+        P, i, wrote = self.setup["chunk_positions"], 0, False
+        while i < h.shape[1]:
+            fill = self._fill[cond]
+            k = min(P - fill, h.shape[1] - i)
+            if k == P:
+                self._write_row(cond, h[:, i:i + P])
+            else:
+                row = self._row.setdefault(cond, np.empty((h.shape[0], P, h.shape[2]), h.dtype))
+                row[:, fill:fill + k] = h[:, i:i + k]
+                self._fill[cond] += k
+                if self._fill[cond] == P:
+                    self._write_row(cond, row)
+            i += k
+            wrote = wrote or fill + k == P
+        return wrote
+
+    def _write_row(self, cond: str, row: np.ndarray) -> None:
+        """Write `row` [layers, n <= P, d] as the next chunk of every layer; a whole row one chunk-shaped block at a
+        time (which zarr encodes without copying), a short one (the store's last) through a slice."""
+        if f"{cond}/hidden" not in self._arrays:
+            self._create_hidden(row[:, :PROBE_POSITIONS])
+        arr, P, start = self._arrays[f"{cond}/hidden"], self.setup["chunk_positions"], self._base[cond]
+        if row.shape[1] == P:
+            _resize(arr, 1, start + P)
+            for layer in range(row.shape[0]):
+                arr.set_block_selection((layer, start // P, 0), row[layer:layer + 1])
+        else:
+            _put(arr, start, row, axis=1)
+        self._base[cond] += row.shape[1]
+        self._fill[cond] = 0
 
     def _commit(self) -> None:
         """Write the buffered metadata rows (a few writes, however many batches), then record as committed the
@@ -429,7 +497,10 @@ class StoreWriter:
         self._stop()
         self._check()
         for c in self.conds:
-            self._flush(c, final=True)
+            if self._fill[c]:
+                self._write_row(c, self._row[c][:, :self._fill[c]])
+        if f"{self.conds[0]}/hidden" not in self._arrays:
+            self._create_hidden(None)
         self._commit()
         self._truncate(n := self._n())
         self._group.update_attributes({**self.setup, "n_items": n, "n_done": n, "extra": self.extra,
