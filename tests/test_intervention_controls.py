@@ -214,7 +214,7 @@ def test_controls_are_deterministic_given_the_seed(tiny_lab):
     with pytest.raises(ValueError, match=f"item {rows[0].id}: not in the pool of other-item partners"):
         partner_rows(rows[:2], rows[2:], 0)
     with pytest.raises(ValueError, match="unknown control 'shuffled'"):
-        run_conditions(adapter, rows[:2], STYLE, "none", [Edit("angle", "all", 0)], controls=["shuffled"])
+        run_conditions(adapter, rows[:2], STYLE, "none", [Edit("angle", "all", 0)], controls=["shuffled"], batch_items=2)
 
 
 # --- the effect table ------------------------------------------------------------------------------------------------

@@ -286,9 +286,9 @@ def test_calibration_statistics_come_from_the_calibration_items(setup, site):
         assert abs(mu - x.mean()) < 1e-5 and abs(sd - x.std()) < 1e-5
         torch.testing.assert_close(got.moments("per_dim")[1], x.std(0).float())
     with pytest.raises(ValueError, match=rf"2 item\(s\) are in both: {rows[0].id}, {rows[1].id}"):
-        run_conditions(adapter, rows, STYLE, "none", [Calibration(site)], calibration_rows=calib + rows[:2])
+        run_conditions(adapter, rows, STYLE, "none", [Calibration(site)], calibration_rows=calib + rows[:2], batch_items=2)
     with pytest.raises(ValueError, match="need calibration_rows"):
-        run_conditions(adapter, rows, STYLE, "none", [Calibration(site)])
+        run_conditions(adapter, rows, STYLE, "none", [Calibration(site)], batch_items=2)
 
 
 def test_repeat_words_repeats_question_words_only():
@@ -446,17 +446,17 @@ def test_a_skipped_item_leaves_every_other_row_unchanged(setup, tmp_path):
 def test_bad_inputs(setup):
     adapter, rows, calib = setup
     with pytest.raises(ValueError, match=r"layer 3 out of range: the model has layers 0\.\.2; edits .* 0\.\.1"):
-        run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 3)])
+        run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 3)], batch_items=2)
     with pytest.raises(ValueError, match=r"layer 2 is the output of the last decoder block.*0\.\.1"):
-        run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 2)])
+        run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 2)], batch_items=2)
     with pytest.raises(ValueError, match=r"layer 5 out of range"):
-        run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 0, select_layer=5)])
+        run_conditions(adapter, rows, STYLE, "none", [Edit("angle", "all", 0, select_layer=5)], batch_items=2)
     with pytest.raises(ValueError, match=r"layer -1 out of range"):
-        run_conditions(adapter, rows, STYLE, "none", [Calibration(-1)], calibration_rows=calib)
+        run_conditions(adapter, rows, STYLE, "none", [Calibration(-1)], calibration_rows=calib, batch_items=2)
     short = min(rows, key=lambda r: len(adapter.text_inputs(r.item, STYLE).span)).item
     k = len(adapter.text_inputs(short, STYLE).span) + 1
     with pytest.raises(ValueError, match=rf"k={k} is larger than the text span of item\(s\) .*{short.id}"):
-        run_conditions(adapter, rows, STYLE, "none", [Edit("length", f"bottom-{k}", 0)])
+        run_conditions(adapter, rows, STYLE, "none", [Edit("length", f"bottom-{k}", 0)], batch_items=2)
     with pytest.raises(ValueError, match="unknown op 'rotate'"):
         Edit("rotate", "all")
     for select in ("top-3", "bottom-0", "bottom-k"):

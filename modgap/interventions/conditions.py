@@ -214,7 +214,7 @@ def select_edits(
 
 # --- forwards --------------------------------------------------------------------------------------------------------
 def fit_calibration(
-    adapter: SpeechLM, rows: list[Row], style: str, layers: list[int | str], batch_items: int = 8
+    adapter: SpeechLM, rows: list[Row], style: str, layers: list[int | str], batch_items: int
 ) -> dict[int, CalibrationStats]:
     """Moment statistics of the S and T span states of the calibration `rows` at each of `layers` (resolved index
     -> stats), from unedited forwards, streamed through `MomentAccumulator` (float64, sample std)."""
@@ -304,7 +304,8 @@ def run_conditions(
     norm: str,
     conditions: list[Condition],
     calibration_rows: list[Row] | None = None,
-    batch_items: int = 8,
+    *,
+    batch_items: int,
     controls: Sequence[str] = (),
     seed: int = 0,
     partner_pool: Sequence[Row] | None = None,
@@ -366,8 +367,8 @@ def run_conditions(
         other_t = [None] * len(its) if partners is None else spine.forward(
             adapter, spine.condition_inputs(adapter, [partners[it.id] for it in its], style, "T"), span_layers=record
         ).span
-        base_s = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["S"].prefills, its)]
-        base_t = [adapter.score_prefill(p, it, style, norm) for p, it in zip(batch.forwards["T"].prefills, its)]
+        base_s = adapter.score_prefills(batch.forwards["S"].prefills, its, style, norm)
+        base_t = adapter.score_prefills(batch.forwards["T"].prefills, its, style, norm)
         for it, s, t in zip(its, base_s, base_t):
             out.append(_row(it, s, s, n_layers, condition="S", label="S"))
             out.append(_row(it, t, t, n_layers, condition="T", label="T"))
@@ -383,8 +384,9 @@ def run_conditions(
                                          item_generator(seed, label, it.id))
                         for g, (it, x, (i, j), ht, o) in enumerate(zip(its, s_in, path, rec_t, other_t))}
                 pre = spine.forward(adapter, s_in, edit=spine.Edit(layer, plan)).prefills
-                for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
-                    out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="edit",
+                scores = adapter.score_prefills(pre, its, style, norm)
+                for g, (it, sc, b) in enumerate(zip(its, scores, base_s)):
+                    out.append(_row(it, sc, b, n_layers, condition="edit",
                                     label=label, control=control, layer=layer, select=cond.select, op=cond.op,
                                     metric=cond.metric, select_layer=sel_layer, n_edited=len(plan[g].positions)))
 
@@ -392,16 +394,18 @@ def run_conditions(
             params = stats[layer].params(cond.stats_mode)
             plan = {g: RowEdit(x.span, lambda h, p=params: moment_calibration(h, *p)) for g, x in enumerate(s_in)}
             pre = spine.forward(adapter, s_in, edit=spine.Edit(layer, plan)).prefills
-            for g, (it, p, b) in enumerate(zip(its, pre, base_s)):
-                out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="calibration",
+            scores = adapter.score_prefills(pre, its, style, norm)
+            for g, (it, sc, b) in enumerate(zip(its, scores, base_s)):
+                out.append(_row(it, sc, b, n_layers, condition="calibration",
                                 label=_label(cond, layer), layer=layer, select="span", op=cond.stats_mode,
                                 n_edited=len(s_in[g].span)))
 
         for cond in merges:
             for control, (fwd, links) in _merge_runs(adapter, cond, s_in, its, seed).items():
-                for g, (it, p, b) in enumerate(zip(its, fwd.prefills, base_s)):
+                scores = adapter.score_prefills(fwd.prefills, its, style, norm)
+                for g, (it, sc, b) in enumerate(zip(its, scores, base_s)):
                     n_merged = int(sum(links[g, blk].sum() for blk in cond.blocks))
-                    out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="kv_merge",
+                    out.append(_row(it, sc, b, n_layers, condition="kv_merge",
                                     label=_label(cond, control=control), control=control, layer=cond.first,
                                     select_layer=cond.last, select=f"cos>{cond.threshold:g}", op="kv_merge",
                                     metric=f"max {cond.max_ratio:g}", n_edited=n_merged,
@@ -411,8 +415,9 @@ def run_conditions(
             rep = [redundant_item(it, int(cond.r)) for it in its]
             fwd = spine.forward(adapter, [adapter.text_inputs(it, style) for it in rep], decision=True)
             lens = spine.read(adapter, [LogitLens()], "T", style, rep, fwd)
-            for g, (it, p, b) in enumerate(zip(rep, fwd.prefills, base_t)):
-                out.append(_row(it, adapter.score_prefill(p, it, style, norm), b, n_layers, condition="redundancy",
+            scores = adapter.score_prefills(fwd.prefills, rep, style, norm)
+            for g, (it, sc, b) in enumerate(zip(rep, scores, base_t)):
+                out.append(_row(it, sc, b, n_layers, condition="redundancy",
                                 label=_label(cond), op="repeat", r=int(cond.r),
                                 **{k: lens[k][g].tolist() for k in ("lens_margin", "lens_entropy")}))
 

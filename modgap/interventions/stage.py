@@ -40,7 +40,8 @@ def run_shard(run: ModelRun, test_table: str | Path, calib_table: str | Path | N
     adapter = load_run(run, device)
     options.check_layers(run.name, adapter.n_layers)
     table = run_conditions(adapter, rows, style, states.norm, conditions_from_options(options), calibration,
-                           options.batch_items, options.controls, options.seed, partner_pool=read_rows(test_table))
+                           batch_items=options.batch_items, controls=options.controls, seed=options.seed,
+                           partner_pool=read_rows(test_table))
     table.attrs["modgap"] = {"model": run.name, "shard": shard, "options": as_dict(options),
                              "output_layer": adapter.n_layers - 1,
                              "duplicate_positions": "first selected text token wins"}
