@@ -6,7 +6,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import json  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -15,7 +14,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from workflow_util import planned_jobs, write_config  # noqa: E402
 
 from modgap import plots  # noqa: E402
 from modgap.metrics.attention_rows import attention_rows  # noqa: E402
@@ -115,17 +113,3 @@ def test_attention_rows_need_the_readout(tmp_path):
         pass
     with pytest.raises(ValueError, match="plain.zarr: no 'attn_rows' rows"):
         attention_rows([str(tmp_path / "plain.zarr")], tmp_path / "t.parquet", tmp_path / "x.npz")
-
-
-def test_study_plans_the_figure_only_with_the_readout(tmp_path):
-    record = {"id": "q1", "subject": "s", "question": "what is two plus three", "choices": ["five", "six"], "answer": 0}
-    (tmp_path / "data.jsonl").write_text(json.dumps(record) + "\n")
-    config = {"datasets": {"mine": {"source": "jsonl", "path": "data.jsonl"}},
-              "models": {"mine": {"family": "qwen2_audio", "path": str(tmp_path / "checkpoint")}}}
-    write_config(tmp_path, config)
-    assert {"plot_attention", "plot_attention_rows", "metrics_attention_rows"}.isdisjoint(planned_jobs(tmp_path))
-    write_config(tmp_path, config | {"states": {"readouts": ["lens", "attention"]}})
-    jobs = planned_jobs(tmp_path)
-    assert jobs["plot_attention"] == jobs["plot_attention_rows"] == jobs["metrics_attention_rows"] == 1
-    write_config(tmp_path, config | {"states": {"readouts": ["lens", "attention"], "attention_heatmap_items": 0}})
-    assert "plot_attention_rows" not in planned_jobs(tmp_path) and "plot_attention" in planned_jobs(tmp_path)

@@ -172,8 +172,15 @@ def test_released_checkpoint_study_plans_no_lab_rule(tmp_path):
     assert jobs["plot_redundancy_lens"] == 1
     write_config(tmp_path, {**config, "states": {"readouts": ["lens", "transcript"]}})
     assert planned_jobs(tmp_path)["transcript_layers"] == 1
-    assert "decision_tables" not in jobs  # neither P2 table's analysis is on by default
-    write_config(tmp_path, {**config, "states": {"readouts": ["lens", "attention"]},
-                            "interventions": {"kv_merge": {"enabled": True, "layers": [0, 1]}}})
-    assert planned_jobs(tmp_path)["decision_tables"] == 1
+    # neither P2 table's analysis nor the attention figures are on by default
+    assert {"decision_tables", "plot_attention", "plot_attention_rows", "metrics_attention_rows"}.isdisjoint(jobs)
+    decision = {**config, "states": {"readouts": ["lens", "attention"]},
+                "interventions": {"kv_merge": {"enabled": True, "layers": [0, 1]}}}
+    write_config(tmp_path, decision)
+    jobs = planned_jobs(tmp_path)
+    assert jobs["decision_tables"] == jobs["plot_attention"] == jobs["plot_attention_rows"] == 1
+    assert jobs["metrics_attention_rows"] == 1
+    write_config(tmp_path, decision | {"states": {"readouts": ["lens", "attention"], "attention_heatmap_items": 0}})
+    jobs = planned_jobs(tmp_path)
+    assert "plot_attention_rows" not in jobs and "plot_attention" in jobs
     assert not [rule for rule in jobs if rule.startswith("lab_")]
