@@ -99,7 +99,7 @@ def test_attention_rows_from_a_store_to_the_figure(tmp_path):
     assert s_mean.get_images()[0].get_extent()[2:] == [0.5, L + 0.5]  # rows are blocks 1..L
     assert [t.get_text() for t in s_mean.get_xticklabels()] == ["five", "plus", "ten"]
     assert list(s_mean.get_xticks()) == [1, 3, 4]  # each word at its first speech position
-    assert "block 3" in s_heads.get_title(loc="left") and s_mean.get_title(loc="left").startswith("q0")
+    assert "block 3" in s_heads.get_title(loc="left") and s_mean.get_ylabel().startswith("q0")
     fig.canvas.draw()
     assert min(t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text()) >= 8
 

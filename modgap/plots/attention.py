@@ -93,7 +93,7 @@ def attention_rows_figure(data: Mapping[str, np.ndarray], title: str = "", style
                                   extent=(-0.5, image.shape[1] - 0.5, first - 0.5, first + image.shape[0] - 0.5))
                 fig.colorbar(shown, ax=ax, shrink=0.9)
                 word_ticks(ax, data[f"{item}/{cond}_words"], data[f"{item}/words"])
-                ax.set_ylabel("Head" if per_head else "Decoder block")
-                panel = f"{CONDITIONS[cond][0]}: " + (f"heads, block {len(rows) - 1}" if per_head else "head mean")
-                ax.set_title(f"{item} · {panel}" if k == 0 else panel, loc="left")
+                ax.set_ylabel(("Head" if per_head else "Decoder block") if k else f"{item}\nDecoder block")
+                ax.set_title(f"{CONDITIONS[cond][0]}: " + (f"heads, block {len(rows) - 1}" if per_head else "head mean"),
+                             loc="left")
     return fig
