@@ -81,17 +81,19 @@ def stage_states(n_items: int, shard: int, work: Path, model: str, table: str) -
 def stage_metrics(n_items: int, shard: int, work: Path, model: str, table: str) -> dict:
     """One metrics job over the store `stage_states` wrote for (n_items, shard): default options, CPU, 1 thread."""
     import torch
+    import yaml
+    from metrics_scale import stage_outputs
 
-    from modgap.config import default_section
+    from modgap.config import validate_config
     from modgap.metrics.options import MetricsOptions
     from modgap.metrics.stage import run_metrics
 
     torch.set_num_threads(1)
-    options = MetricsOptions.from_config(default_section("metrics"))
+    # the default study's metrics options: they fit the lab model's depth (the schema's base layer 5 does not)
+    options = MetricsOptions.from_config(validate_config(yaml.safe_load((ROOT / "config.yaml").read_text()))["metrics"])
     out = work / f"metrics_n{n_items}_s{shard}"
     out.mkdir(exist_ok=True)
-    outs = {k: out / f"{k}.{ext}" for k, ext in
-            [("item_metrics", "parquet"), ("cka", "parquet"), ("readouts", "csv"), ("summary", "json")]}
+    outs = stage_outputs(out)
     t0 = time.perf_counter()
     run_metrics([str(store_path(work, n_items, shard))], table, options, "cpu", {}, outs)
     return {"stage_s": time.perf_counter() - t0, "bytes": sum(p.stat().st_size for p in outs.values())}
