@@ -8,7 +8,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-from modgap.config import default_section as defaults  # noqa: E402,F401  (tests import it from here)
+from modgap.config import default_section  # noqa: E402
+
+
+def defaults(section: str, **overrides) -> dict:
+    """`default_section` for tests: the states section builds prompts in the main process (`num_workers` 0) unless
+    a test asks for workers, since forking workers costs more than a few tiny prompts; test_states.py runs the
+    workers path against it, and the smoke study runs the schema default."""
+    if section == "states":
+        overrides.setdefault("num_workers", 0)
+    return default_section(section, **overrides)
 
 
 import pytest  # noqa: E402
