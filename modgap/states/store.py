@@ -585,25 +585,32 @@ class StoreReader:
         """The items left out of the store (columns id, condition, reason; none in stores written before skipping)."""
         return pd.DataFrame(self.manifest.get("skipped", []), columns=["id", "condition", "reason"])
 
+    def _shapes(self, key: str) -> dict[str, tuple[int, ...]]:
+        """Field -> shape from the manifest's `key` (readouts or ragged; none in stores written before them)."""
+        return {k: tuple(v) for k, v in self.manifest.get(key, {}).items()}
+
+    def _field(self, key: str, field: str) -> None:
+        """KeyError naming the store and the stored fields when `field` is not among the manifest's `key`."""
+        if field not in (known := self._shapes(key)):
+            raise KeyError(f"{self.path}: no {key.removesuffix('s')} field {field!r} (stored: {sorted(known)})")
+
     @property
     def readout_fields(self) -> dict[str, tuple[int, ...]]:
-        """Readout field -> per-item shape (stores written before readouts existed have none)."""
-        return {k: tuple(v) for k, v in self.manifest.get("readouts", {}).items()}
+        """Readout field -> per-item shape."""
+        return self._shapes("readouts")
 
     def readout(self, cond: str, field: str) -> np.ndarray:
         """`[items, *shape]` float32 values of one readout field."""
-        if field not in self.readout_fields:
-            raise KeyError(f"{self.path}: no readout field {field!r} (stored: {sorted(self.readout_fields)})")
+        self._field("readouts", field)
         return self._read(f"{cond}/readouts/{field}", ())
 
     @property
     def ragged_fields(self) -> dict[str, tuple[int, ...]]:
-        """Ragged readout field -> per-row shape (none in stores written before ragged fields existed)."""
-        return {k: tuple(v) for k, v in self.manifest.get("ragged", {}).items()}
+        """Ragged readout field -> per-row shape."""
+        return self._shapes("ragged")
 
     def _ragged_offsets(self, cond: str, field: str) -> np.ndarray:
-        if field not in self.ragged_fields:
-            raise KeyError(f"{self.path}: no ragged field {field!r} (stored: {sorted(self.ragged_fields)})")
+        self._field("ragged", field)
         return self._read(f"{cond}/ragged/{field}/offsets", ())
 
     def ragged_items(self, cond: str, field: str) -> np.ndarray:
